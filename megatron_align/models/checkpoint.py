@@ -1,0 +1,363 @@
+"""The checkpoint directory format: save at any TP/PP, load at any other, never half-written, never unpickled.
+
+Layout of one checkpoint directory::
+
+    <ckpt>/
+      metadata.json        format version, layout at save time, step; written last: its presence marks "complete"
+      model_config.yaml    the ``model.*`` section the weights belong to (OmegaConf YAML, no Python objects)
+      tokenizer/           the tokenizer files (tokenizer.model or tokenizer.json + tokenizer_config.json ...)
+      weights/             megatron dist_checkpointing (torch_dist): the sharded model state, TP/PP-agnostic keys
+      optimizer/           (training only) dist_checkpointing of the optimizer state
+      train_state.json     (training only) step, consumed samples, scheduler, data position: plain JSON
+      rng/rank_00000.pt    (training only) per-rank RNG states: tensors and numbers only (``weights_only`` load)
+
+Atomicity: every rank writes into ``<ckpt>.incomplete``; after a barrier rank 0 writes ``metadata.json`` and
+renames the directory into place. A writer killed at any point leaves at most a ``*.incomplete`` directory,
+which ``is_complete_checkpoint`` and ``latest_checkpoint`` never accept.
+
+Safety: dist_checkpointing's torch_dist backend stores its index (``weights/.metadata``) with pickle. Before any
+load we replay that pickle with an unpickler that only admits the plain record classes of
+``torch.distributed.checkpoint`` (see ``_SafeMetadataUnpickler``); anything else stops the load. Everything
+else is JSON, YAML, raw tensor bytes, or ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from megatron_align.config.model import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INCOMPLETE_SUFFIX = ".incomplete"
+_METADATA = "metadata.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that cannot be used (missing, incomplete, unsafe, wrong model)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers over torch.distributed (work in a single process without a process group too)
+# ----------------------------------------------------------------------------------------------------------
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _unwrap(model):
+    """A module, a list of one module, or a DDP/Float16 wrapper -> the megatron module itself."""
+    if isinstance(model, (list, tuple)):
+        if len(model) != 1:
+            raise CheckpointError("virtual pipeline stages (more than one model chunk) are not supported yet")
+        model = model[0]
+    while hasattr(model, "module") and not hasattr(model, "sharded_state_dict"):
+        model = model.module
+    while hasattr(model, "module") and hasattr(model.module, "sharded_state_dict"):
+        model = model.module
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pickle allow-list for dist_checkpointing's metadata file
+# ----------------------------------------------------------------------------------------------------------
+_ALLOWED_MODULE_PREFIXES = ("torch.distributed.checkpoint.",)
+_ALLOWED_GLOBALS = {
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch", "dtype"),
+    ("torch", "layout"),
+    ("torch", "memory_format"),
+    ("torch", "strided"),
+    ("torch", "contiguous_format"),
+    ("torch", "preserve_format"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("torch.serialization", "_get_layout"),  # maps a layout's name to a torch.layout, nothing else
+    ("megatron.core.dist_checkpointing.strategies.torch", "MCoreMetadata"),
+    ("megatron.core.dist_checkpointing.strategies.torch", "MCoreSavePlan"),
+}
+
+
+class _SafeMetadataUnpickler(pickle.Unpickler):
+    """Admits only plain checkpoint-index records (DCP metadata classes, torch dtypes/sizes)."""
+
+    def find_class(self, module, name):
+        is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) in _ALLOWED_GLOBALS or is_dtype:
+            return super().find_class(module, name)
+        if module.startswith(_ALLOWED_MODULE_PREFIXES):
+            obj = super().find_class(module, name)
+            if isinstance(obj, type):  # record classes and enums only, never a function
+                return obj
+        raise CheckpointError(f"refusing to unpickle {module}.{name}")
+
+
+def verify_safe_to_load(sharded_dir: Path) -> None:
+    """Check every pickle in a dist_checkpointing directory against the allow-list before loading it."""
+    for meta in sorted(Path(sharded_dir).glob("*.metadata")):
+        try:
+            with open(meta, "rb") as f:
+                _SafeMetadataUnpickler(f).load()
+        except CheckpointError as e:
+            raise CheckpointError(f"{meta}: {e}; this file was not written by megatron_align") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RNG state (tensors and numbers only)
+# ----------------------------------------------------------------------------------------------------------
+def capture_rng_state() -> dict:
+    """Python, numpy, torch CPU/CUDA and megatron tracker RNG states of this rank."""
+    from megatron.core.tensor_parallel import random as mrandom
+
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "tracker": {},
+    }
+    tracker = mrandom._CUDA_RNG_STATE_TRACKER
+    if tracker is not None and tracker.is_initialized():
+        state["tracker"] = {k: v.clone() for k, v in tracker.get_states().items()}
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of ``capture_rng_state``."""
+    from megatron.core.tensor_parallel import random as mrandom
+
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("tracker") and mrandom._CUDA_RNG_STATE_TRACKER is not None:
+        mrandom._CUDA_RNG_STATE_TRACKER.set_states(dict(state["tracker"]))
+    if "cuda" in state and torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model config
+# ----------------------------------------------------------------------------------------------------------
+def write_model_config(cfg: ModelConfig, path: Path) -> None:
+    """Save the model section as YAML (no Python objects)."""
+    OmegaConf.save(OmegaConf.structured(cfg), str(path))
+
+
+def read_model_config(ckpt: str | os.PathLike) -> ModelConfig:
+    """The ``model.*`` section stored in a checkpoint directory."""
+    path = Path(ckpt) / "model_config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; {ckpt} is not a megatron_align checkpoint")
+    loaded = OmegaConf.load(path)
+    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), loaded)
+    return OmegaConf.to_object(merged)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# completeness
+# ----------------------------------------------------------------------------------------------------------
+def is_complete_checkpoint(ckpt: str | os.PathLike) -> bool:
+    """A directory whose writer finished: not ``*.incomplete`` and holding a complete ``metadata.json``."""
+    ckpt = Path(ckpt)
+    if ckpt.name.endswith(INCOMPLETE_SUFFIX) or not (ckpt / _METADATA).is_file():
+        return False
+    try:
+        meta = json.loads((ckpt / _METADATA).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(meta.get("complete")) and (ckpt / "weights").is_dir()
+
+
+def read_metadata(ckpt: str | os.PathLike) -> dict:
+    """``metadata.json`` of a complete checkpoint; a clear error otherwise."""
+    ckpt = Path(ckpt)
+    if not ckpt.exists():
+        raise CheckpointError(f"{ckpt}: no such checkpoint directory")
+    if not is_complete_checkpoint(ckpt):
+        raise CheckpointError(
+            f"{ckpt}: incomplete checkpoint (its writer did not finish); use an earlier one or delete it"
+        )
+    return json.loads((ckpt / _METADATA).read_text())
+
+
+_STEP_RE = re.compile(r"step[=_-]?(\d+)")
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
+    """The complete checkpoint with the highest step under ``run_dir`` (or None); incomplete ones are skipped."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    best, best_key = None, None
+    for child in run_dir.iterdir():
+        if not child.is_dir() or not is_complete_checkpoint(child):
+            continue
+        meta = json.loads((child / _METADATA).read_text())
+        key = (int(meta.get("step", -1)), meta.get("saved_at", 0.0))
+        if best_key is None or key > best_key:
+            best, best_key = child, key
+    return best
+
+
+# ----------------------------------------------------------------------------------------------------------
+# save
+# ----------------------------------------------------------------------------------------------------------
+def _optimizer_sharded_state(optimizer, model_ssd, is_loading: bool):
+    try:
+        return optimizer.sharded_state_dict(
+            model_ssd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_sharded_model_space"}
+        )
+    except TypeError:
+        return optimizer.sharded_state_dict(model_ssd, is_loading=is_loading)
+
+
+def _pause_for_tests() -> None:
+    # Lets the crash test kill a writer at a known point (between the shards and the commit).
+    pause = float(os.environ.get("MEGATRON_ALIGN_TEST_PAUSE_BEFORE_COMMIT", "0") or 0)
+    if pause > 0:
+        logger.warning("pausing %.1fs before committing the checkpoint (test hook)", pause)
+        time.sleep(pause)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model,
+    model_cfg: ModelConfig,
+    tokenizer_dir: Optional[str | os.PathLike] = None,
+    optimizer=None,
+    train_state: Optional[dict] = None,
+    save_rng: bool = False,
+) -> Path:
+    """Save on every rank (collective); returns the final directory once it is complete."""
+    from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
+
+    final = Path(path).absolute()
+    tmp = final.with_name(final.name + INCOMPLETE_SUFFIX)
+    rank = _rank()
+    if rank == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        (tmp / "weights").mkdir(parents=True)
+        if optimizer is not None:
+            (tmp / "optimizer").mkdir()
+        if save_rng:
+            (tmp / "rng").mkdir()
+    _barrier()
+
+    module = _unwrap(model)
+    model_ssd = module.sharded_state_dict()
+    dist_checkpointing.save(model_ssd, str(tmp / "weights"))
+    if optimizer is not None:
+        optim_ssd = _optimizer_sharded_state(optimizer, module.sharded_state_dict(), is_loading=False)
+        dist_checkpointing.save(optim_ssd, str(tmp / "optimizer"))
+    if save_rng:
+        torch.save(capture_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+    _barrier()
+
+    if rank == 0:
+        write_model_config(model_cfg, tmp / "model_config.yaml")
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        if train_state is not None:
+            (tmp / "train_state.json").write_text(json.dumps(train_state, indent=1, sort_keys=True))
+        _pause_for_tests()
+        meta = {
+            "format": "megatron_align",
+            "format_version": FORMAT_VERSION,
+            "complete": True,
+            "step": int((train_state or {}).get("step", 0)),
+            "saved_at": time.time(),
+            "tensor_model_parallel_size": ps.get_tensor_model_parallel_world_size(),
+            "pipeline_model_parallel_size": ps.get_pipeline_model_parallel_world_size(),
+            "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+            "has_optimizer": optimizer is not None,
+            "has_rng": save_rng,
+        }
+        with open(tmp / _METADATA, "w") as f:
+            json.dump(meta, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        old = None
+        if final.exists():
+            old = final.with_name(f"{final.name}.old-{int(time.time() * 1000)}")
+            final.rename(old)
+        tmp.rename(final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        logger.info("saved checkpoint %s", final)
+    _barrier()
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------
+# load
+# ----------------------------------------------------------------------------------------------------------
+def load_checkpoint(
+    path: str | os.PathLike,
+    model,
+    optimizer=None,
+    load_rng: bool = False,
+    strict: bool = True,
+) -> dict:
+    """Load weights (and optionally optimizer / RNG) into this rank's model at its current TP/PP layout.
+
+    Returns the checkpoint's ``train_state`` (empty dict for a weights-only checkpoint).
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    ckpt = Path(path)
+    meta = read_metadata(ckpt)
+    verify_safe_to_load(ckpt / "weights")
+    module = _unwrap(model)
+    strictness = StrictHandling.RAISE_ALL if strict else StrictHandling.LOG_ALL
+    state = dist_checkpointing.load(module.sharded_state_dict(), str(ckpt / "weights"), strict=strictness)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if strict and missing:
+        raise CheckpointError(f"{ckpt}: weights missing for {missing[:5]}")
+    if optimizer is not None:
+        if not meta.get("has_optimizer"):
+            raise CheckpointError(f"{ckpt}: holds no optimizer state (a weights-only checkpoint)")
+        verify_safe_to_load(ckpt / "optimizer")
+        optim_ssd = _optimizer_sharded_state(optimizer, module.sharded_state_dict(), is_loading=True)
+        optimizer.load_state_dict(dist_checkpointing.load(optim_ssd, str(ckpt / "optimizer")))
+    if load_rng:
+        rng_file = ckpt / "rng" / f"rank_{_rank():05d}.pt"
+        saved_world = meta.get("world_size")
+        now_world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if rng_file.is_file() and saved_world == now_world:
+            restore_rng_state(torch.load(rng_file, weights_only=True))
+        else:
+            logger.warning("%s: RNG state not restored (saved at world size %s, now %s)", ckpt, saved_world,
+                           now_world)
+    train_state_file = ckpt / "train_state.json"
+    return json.loads(train_state_file.read_text()) if train_state_file.is_file() else {}

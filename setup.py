@@ -1,0 +1,35 @@
+"""Installs megatron_align and the Triton kernels package (``kernels``)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_align",
+    version="0.1.0",
+    description="Megatron-Core-native alignment: SteerLM, SteerLM 2.0, self-rewarding, offline RS/ReST, EXO/DPO",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_align", "megatron_align.*", "kernels", "kernels.*"]),
+    package_data={"megatron_align": ["resources/*", "resources/**/*"]},
+    install_requires=[
+        # torch: any release from 2.6 (weights_only loads) that megatron-core 0.16 supports; 2.13.0 is tested.
+        "torch>=2.6",
+        # The megatron-core line we test against (0.16.x ships cp311/cp312 wheels).
+        "megatron-core>=0.16,<0.17",
+        # megatron-core imports these without declaring them.
+        "tqdm",
+        "psutil",
+        "packaging",
+        "numpy",
+        "omegaconf>=2.3",
+        "safetensors",
+        "sentencepiece",
+        "tokenizers>=0.19",
+        "einops",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "transformers>=4.45", "triton>=3.2"],
+        "dev": ["ruff>=0.6"],
+        # GPU only: installed inside the NGC image (see Dockerfile); never the PyPI package named "apex".
+        "trtllm": ["tensorrt_llm"],
+    },
+    entry_points={"console_scripts": ["megatron-align=megatron_align.cli:main"]},
+)
