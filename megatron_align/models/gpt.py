@@ -90,6 +90,9 @@ def transformer_config_from(cfg: ModelConfig, precision="32"):
         gradient_accumulation_fusion=False,
         rotary_interleaved=False,
         attention_softmax_in_fp32=True,
+        # Losses are summed per token and divided by the global token count after the DP all-reduce
+        # (DESIGN.md habit 3): megatron's schedules and finalize_model_grads do exactly that with this flag.
+        calculate_per_token_loss=True,
     )
 
 

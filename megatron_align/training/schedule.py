@@ -1,0 +1,62 @@
+"""One forward(-backward) pass over megatron's pipeline schedules with per-token loss normalization.
+
+Losses are returned by ``loss_func`` as ``(sum over tokens, token count, reduced metrics)``; with
+``calculate_per_token_loss=True`` (set in ``transformer_config_from``) megatron's ``finalize_model_grads``
+divides gradients by the token count summed over micro-batches and data-parallel ranks, so micro-batch x
+accumulation x DP equals one big batch (DESIGN.md habit 3; verl ``agg_loss``, NeMo-RL losses).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Iterable
+
+import torch
+
+
+def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """``output_tensor``: per-token cross entropy ``[B, S]`` from GPTModel(labels=...); ``loss_mask`` [B, S]."""
+    mask = loss_mask.to(output_tensor.device, torch.float32)
+    loss_sum = (output_tensor.float() * mask).sum()
+    num_tokens = mask.sum().to(torch.int)
+    return loss_sum, num_tokens, {"lm_loss": torch.stack([loss_sum.detach(), mask.sum().detach()])}
+
+
+def lm_forward_step(data_iterator, model):
+    """megatron forward_step_func for causal-LM training batches (tokens, labels, loss_mask, position_ids)."""
+    batch = next(data_iterator)
+    output = model(
+        batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"]
+    )  # [B, S] per-token loss on the last stage, hidden states elsewhere
+    return output, partial(lm_loss_func, batch["loss_mask"])
+
+
+def forward_backward(
+    model_chunks: list,
+    microbatches: Iterable[dict],
+    num_microbatches: int,
+    seq_length: int,
+    micro_batch_size: int,
+    forward_only: bool = False,
+    forward_step_func=lm_forward_step,
+) -> dict:
+    """Run the schedule; returns ``{"loss_sum", "num_tokens"}`` summed over this rank's micro-batches.
+
+    Values are meaningful on the last pipeline stage (zeros elsewhere).
+    """
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    fb = get_forward_backward_func()
+    losses = fb(
+        forward_step_func=forward_step_func,
+        data_iterator=iter(microbatches),
+        model=model_chunks,
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+    total = torch.zeros(2, dtype=torch.float64)
+    for item in losses or []:
+        total += item["lm_loss"].double().cpu()
+    return {"loss_sum": float(total[0]), "num_tokens": float(total[1])}
