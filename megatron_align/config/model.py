@@ -127,6 +127,12 @@ class ModelConfig:
     seed: int = 1234
     """Seed of the weight initialisation and of dropout."""
 
+    # ---- batch sizes (NeMo keeps them in the model section) ----
+    micro_batch_size: int = 1
+    """Sequences per forward pass on one data-parallel rank."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step over all data-parallel ranks (micro x accumulation x DP)."""
+
     # ---- reward head (reward models only) ----
     num_attributes: int = 1
     """Outputs of the reward head: 9 for SteerLM's regression model, 1 for Bradley-Terry."""
