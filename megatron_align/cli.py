@@ -34,11 +34,12 @@ def demo(argv: list[str]) -> int:
     import warnings
 
     from megatron_align.algorithms.demo import DemoConfig
-    from megatron_align.config import load_config, run_cli
+    from megatron_align.config import check_launch_matches, load_config, run_cli
 
     def main():
         world = _launch_world_size()
         cfg = load_config(DemoConfig, None, argv, world_size=world)
+        check_launch_matches(cfg, world)
         _setup_logging()
         warnings.filterwarnings("ignore")
         from megatron_align.algorithms.demo import run_demo

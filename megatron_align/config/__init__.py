@@ -25,6 +25,7 @@ from megatron_align.config.validate import (
     NORMALIZATIONS,
     POSITION_EMBEDDING_TYPES,
     check_batch_sizes,
+    check_launch_matches,
     validate_layout,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "apply_override",
     "apply_overrides",
     "check_batch_sizes",
+    "check_launch_matches",
     "cli_main",
     "from_yaml_file",
     "load_config",

@@ -52,10 +52,11 @@ def validate_layout(cfg: Any, world_size: int | None = None) -> int:
     _at_least_one("model.num_attention_heads", m.num_attention_heads)
     ws = world_size if world_size is not None else trainer.num_nodes * trainer.devices
     if ws % (tp * pp):
+        origin = "launched processes" if world_size is not None else "trainer.num_nodes * trainer.devices"
         raise ConfigError(
             f"model.tensor_model_parallel_size * model.pipeline_model_parallel_size = {tp}*{pp} = {tp * pp} "
-            f"does not divide the world size {ws} (trainer.num_nodes * trainer.devices): change TP/PP or the "
-            "number of devices", key="model.tensor_model_parallel_size")
+            f"does not divide the world size {ws} ({origin}): change TP/PP or the number of devices",
+            key="model.tensor_model_parallel_size")
     if pp > m.num_layers:
         raise ConfigError(
             f"model.pipeline_model_parallel_size={pp} is more than model.num_layers={m.num_layers}: "
@@ -102,6 +103,18 @@ def validate_layout(cfg: Any, world_size: int | None = None) -> int:
             f"{m.max_position_embeddings} (the learned position table): shorten the sequence or enlarge the table",
             key="model.encoder_seq_length")
     return ws
+
+
+def check_launch_matches(cfg: Any, launched_world_size: int) -> None:
+    """A job started by torchrun/srun must have as many processes as ``trainer.num_nodes * trainer.devices``."""
+    trainer = cfg.trainer
+    requested = trainer.num_nodes * trainer.devices
+    if launched_world_size > 1 and launched_world_size != requested:
+        raise ConfigError(
+            f"trainer.num_nodes * trainer.devices = {trainer.num_nodes}*{trainer.devices} = {requested} but the "
+            f"launcher started {launched_world_size} processes: set "
+            f"trainer.devices={max(1, launched_world_size // trainer.num_nodes)} (or launch that many)",
+            key="trainer.devices")
 
 
 def check_batch_sizes(global_batch_size: int, micro_batch_size: int, data_parallel_size: int,
