@@ -38,7 +38,7 @@ def demo(argv: list[str]) -> int:
 
     def main():
         world = _launch_world_size()
-        cfg = load_config(DemoConfig, None, argv, world_size=world)
+        cfg = load_config(DemoConfig, None, argv)
         check_launch_matches(cfg, world)
         _setup_logging()
         warnings.filterwarnings("ignore")

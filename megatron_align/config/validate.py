@@ -109,6 +109,11 @@ def check_launch_matches(cfg: Any, launched_world_size: int) -> None:
     """A job started by torchrun/srun must have as many processes as ``trainer.num_nodes * trainer.devices``."""
     trainer = cfg.trainer
     requested = trainer.num_nodes * trainer.devices
+    if launched_world_size == 1 and requested > 1:
+        raise ConfigError(
+            f"trainer.num_nodes * trainer.devices = {requested} but this is a single process: start it with "
+            f"torchrun --nproc_per_node {trainer.devices} (or srun), or set trainer.devices=1",
+            key="trainer.devices")
     if launched_world_size > 1 and launched_world_size != requested:
         raise ConfigError(
             f"trainer.num_nodes * trainer.devices = {trainer.num_nodes}*{trainer.devices} = {requested} but the "
