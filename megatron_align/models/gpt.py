@@ -116,6 +116,33 @@ def layer_spec(cfg: ModelConfig):
     return specs.get_gpt_layer_local_spec(normalization=norm)
 
 
+def gpt_model_kwargs(
+    cfg: ModelConfig,
+    vocab_size: Optional[int] = None,
+    precision="32",
+    pre_process: Optional[bool] = None,
+    post_process: Optional[bool] = None,
+) -> dict:
+    """Constructor arguments of megatron's ``GPTModel`` (and subclasses) for this rank's pipeline stage."""
+    from megatron.core import parallel_state as ps
+
+    if pre_process is None:
+        pre_process = ps.is_pipeline_first_stage(ignore_virtual=True)
+    if post_process is None:
+        post_process = ps.is_pipeline_last_stage(ignore_virtual=True)
+    return dict(
+        config=transformer_config_from(cfg, precision),
+        transformer_layer_spec=layer_spec(cfg),
+        vocab_size=cfg.padded_vocab_size(vocab_size),
+        max_sequence_length=cfg.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        position_embedding_type=cfg.position_embedding_type,
+        rotary_percent=cfg.rotary_percent,
+        rotary_base=cfg.rotary_base,
+    )
+
+
 def build_gpt_model(
     cfg: ModelConfig,
     vocab_size: Optional[int] = None,
@@ -129,25 +156,10 @@ def build_gpt_model(
     ``vocab_size`` is the tokenizer's; the embedding holds ``cfg.padded_vocab_size(vocab_size)`` rows.
     ``parallel_output=True`` keeps the logits vocab-parallel ``[B, S, V/tp]``; False gathers ``[B, S, V]``.
     """
-    from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
-    tcfg = transformer_config_from(cfg, precision)
-    if pre_process is None:
-        pre_process = ps.is_pipeline_first_stage(ignore_virtual=True)
-    if post_process is None:
-        post_process = ps.is_pipeline_last_stage(ignore_virtual=True)
-    model = GPTModel(
-        config=tcfg,
-        transformer_layer_spec=layer_spec(cfg),
-        vocab_size=cfg.padded_vocab_size(vocab_size),
-        max_sequence_length=cfg.max_position_embeddings,
-        pre_process=pre_process,
-        post_process=post_process,
+    return GPTModel(
+        **gpt_model_kwargs(cfg, vocab_size, precision, pre_process, post_process),
         parallel_output=parallel_output,
         share_embeddings_and_output_weights=cfg.share_embeddings_and_output_weights,
-        position_embedding_type=cfg.position_embedding_type,
-        rotary_percent=cfg.rotary_percent,
-        rotary_base=cfg.rotary_base,
     )
-    return model

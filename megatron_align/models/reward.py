@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from megatron_align.config.model import ModelConfig
-from megatron_align.models.gpt import layer_spec, transformer_config_from
+from megatron_align.models.gpt import gpt_model_kwargs
 
 
 def _reward_model_class():
@@ -90,22 +90,6 @@ def build_reward_model(
     post_process: Optional[bool] = None,
 ):
     """This rank's reward-model stage, ``cfg.num_attributes`` outputs. Parallel state must be initialised."""
-    from megatron.core import parallel_state as ps
-
-    if pre_process is None:
-        pre_process = ps.is_pipeline_first_stage(ignore_virtual=True)
-    if post_process is None:
-        post_process = ps.is_pipeline_last_stage(ignore_virtual=True)
     cls = _reward_model_class()
-    return cls(
-        config=transformer_config_from(cfg, precision),
-        transformer_layer_spec=layer_spec(cfg),
-        vocab_size=cfg.padded_vocab_size(vocab_size),
-        max_sequence_length=cfg.max_position_embeddings,
-        pre_process=pre_process,
-        post_process=post_process,
-        position_embedding_type=cfg.position_embedding_type,
-        rotary_percent=cfg.rotary_percent,
-        rotary_base=cfg.rotary_base,
-        num_attributes=cfg.num_attributes,
-    )
+    return cls(**gpt_model_kwargs(cfg, vocab_size, precision, pre_process, post_process),
+               num_attributes=cfg.num_attributes)
