@@ -143,7 +143,7 @@ class _FakeEvent:
     def query(self):
         return True
 
-    def elapsed_time(self, end: "_FakeEvent") -> float:
+    def elapsed_time(self, end: _FakeEvent) -> float:
         return (end._t - self._t) * 1000.0
 
 
@@ -182,7 +182,18 @@ def _tensor_type(self, dtype=None, non_blocking=False, **kwargs):
     return _ORIG_TENSOR_TYPE(self, dtype, non_blocking, **kwargs)
 
 
-class _CpuGenerator:
+class _GeneratorMeta(type):
+    """Keeps ``isinstance(g, torch.Generator)`` true for real generators once ``torch.Generator`` is replaced
+    (megatron's ``tensor_parallel.random`` and DTensor's dispatcher check it)."""
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, _ORIG_GENERATOR)
+
+    def __subclasscheck__(cls, sub):
+        return issubclass(sub, _ORIG_GENERATOR)
+
+
+class _CpuGenerator(metaclass=_GeneratorMeta):
     """``torch.Generator(device='cuda')`` gives a CPU generator (megatron inference sampling)."""
 
     def __new__(cls, device=None):

@@ -23,6 +23,8 @@ else is JSON, YAML, raw tensor bytes, or ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import logging
 import os
@@ -99,16 +101,32 @@ _ALLOWED_GLOBALS = {
 }
 
 
+def _is_plain_record(obj) -> bool:
+    """A dataclass or enum *defined* under an allowed module (not re-exported there, as ``io.FileIO`` is)."""
+    if not isinstance(obj, type):
+        return False
+    if not str(getattr(obj, "__module__", "")).startswith(_ALLOWED_MODULE_PREFIXES):
+        return False
+    return dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)
+
+
 class _SafeMetadataUnpickler(pickle.Unpickler):
-    """Admits only plain checkpoint-index records (DCP metadata classes, torch dtypes/sizes)."""
+    """Admits only plain checkpoint-index records (DCP metadata dataclasses and enums, torch dtypes/sizes).
+
+    Dotted names are refused outright: pickle protocol 4 resolves ``module`` + ``"a.b.c"`` by walking
+    attributes, which would reach any class importable from an allowed module (``subprocess.Popen`` via
+    ``torch.utils``, ``io.FileIO`` via ``filesystem.io``).
+    """
 
     def find_class(self, module, name):
+        if "." in name:
+            raise CheckpointError(f"refusing to unpickle {module}.{name}")
         is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
         if (module, name) in _ALLOWED_GLOBALS or is_dtype:
             return super().find_class(module, name)
         if module.startswith(_ALLOWED_MODULE_PREFIXES):
             obj = super().find_class(module, name)
-            if isinstance(obj, type):  # record classes and enums only, never a function
+            if _is_plain_record(obj):  # record classes and enums only, never a function or foreign class
                 return obj
         raise CheckpointError(f"refusing to unpickle {module}.{name}")
 
@@ -229,11 +247,39 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
 # ----------------------------------------------------------------------------------------------------------
 # save
 # ----------------------------------------------------------------------------------------------------------
+# The distributed optimizer's state in megatron-core 0.16's canonical per-parameter layout, so that it can be
+# loaded at another TP/PP/DP size. ("fully_sharded_model_space", the older name for this, fails in 0.16 with
+# "ShardedTensor.flattened_range is not supported".)
+_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def _ensure_optimizer_state(optimizer) -> None:
+    """Give a fresh distributed optimizer its (lazily created) state before it is asked for a loading template.
+
+    megatron-core 0.16's ``DistributedOptimizer.sharded_state_dict(is_loading=True)`` calls ``state_dict()``,
+    which asserts on the per-parameter ``step`` of torch's Adam; without TE/apex that state only exists after
+    a first step. We take megatron's own dummy step (zero gradients) at learning rate 0, so neither the
+    weights nor (decoupled) weight decay move; the loaded state then overwrites the dummy one.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
+        inner = getattr(opt, "optimizer", None)
+        if inner is None or len(inner.state) > 0 or not hasattr(opt, "_init_optimizer_states_with_dummy_values"):
+            continue
+        lrs = [group["lr"] for group in inner.param_groups]
+        for group in inner.param_groups:
+            group["lr"] = 0.0
+        try:
+            opt._init_optimizer_states_with_dummy_values()
+        finally:
+            for group, lr in zip(inner.param_groups, lrs):
+                group["lr"] = lr
+
+
 def _optimizer_sharded_state(optimizer, model_ssd, is_loading: bool):
+    if is_loading:
+        _ensure_optimizer_state(optimizer)
     try:
-        return optimizer.sharded_state_dict(
-            model_ssd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_sharded_model_space"}
-        )
+        return optimizer.sharded_state_dict(model_ssd, is_loading=is_loading, metadata=dict(_OPTIM_METADATA))
     except TypeError:
         return optimizer.sharded_state_dict(model_ssd, is_loading=is_loading)
 
@@ -320,6 +366,44 @@ def save_checkpoint(
 # ----------------------------------------------------------------------------------------------------------
 # load
 # ----------------------------------------------------------------------------------------------------------
+def _load_one_optimizer(opt, state: dict) -> None:
+    if state.get("param_state_sharding_type") != "fully_reshardable" or not hasattr(
+        opt, "load_parameter_state_from_fully_reshardable"
+    ):
+        opt.load_state_dict(state)
+        return
+    # megatron-core 0.16 + torch's Adam (no TE/apex): ``_set_main_param_and_optimizer_states`` copies every key
+    # of the live per-parameter state, including torch's ``step``, which the fully-reshardable format does not
+    # carry (it keeps the step in the param groups) -> KeyError. So: param groups and step first, then the
+    # per-parameter tensors with ``step`` set aside for the duration.
+    state = dict(state)
+    param_state = state.pop("param_state")
+    state.pop("param_state_sharding_type")
+    opt.load_state_dict(state)
+    live = opt.optimizer.state
+    steps = {p: s.pop("step") for p, s in live.items() if "step" in s}
+    try:
+        opt.load_parameter_state_from_fully_reshardable(param_state)
+    finally:
+        # megatron hands every parameter the same ``step`` tensor; torch's Adam increments each parameter's
+        # step in place, so a shared one would advance once per parameter per step (wrong bias correction).
+        for p, step in steps.items():
+            live[p]["step"] = step.clone()
+
+
+def _load_optimizer_state(optimizer, state) -> None:
+    """``optimizer.load_state_dict(state)`` for megatron's (chained / distributed) optimizers."""
+    children = getattr(optimizer, "chained_optimizers", None)
+    if not children:
+        _load_one_optimizer(optimizer, state)
+    elif len(children) == 1:
+        _load_one_optimizer(children[0], state)
+    else:
+        for child, child_state in zip(children, (v for _, v in sorted(state.items()))):
+            _load_one_optimizer(child, child_state)
+        optimizer._synchronize_steps()
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     model,
@@ -349,7 +433,7 @@ def load_checkpoint(
             raise CheckpointError(f"{ckpt}: holds no optimizer state (a weights-only checkpoint)")
         verify_safe_to_load(ckpt / "optimizer")
         optim_ssd = _optimizer_sharded_state(optimizer, module.sharded_state_dict(), is_loading=True)
-        optimizer.load_state_dict(dist_checkpointing.load(optim_ssd, str(ckpt / "optimizer")))
+        _load_optimizer_state(optimizer, dist_checkpointing.load(optim_ssd, str(ckpt / "optimizer")))
     if load_rng:
         rng_file = ckpt / "rng" / f"rank_{_rank():05d}.pt"
         saved_world = meta.get("world_size")

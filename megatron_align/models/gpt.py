@@ -158,8 +158,19 @@ def build_gpt_model(
     """
     from megatron.core.models.gpt import GPTModel
 
-    return GPTModel(
+    model = GPTModel(
         **gpt_model_kwargs(cfg, vocab_size, precision, pre_process, post_process),
         parallel_output=parallel_output,
         share_embeddings_and_output_weights=cfg.share_embeddings_and_output_weights,
     )
+    return cast_to_precision(model, precision)
+
+
+def cast_to_precision(model, precision):
+    """Every parameter in the compute dtype. megatron's linear layers honour ``params_dtype`` already; the local
+    spec's torch norms do not (TE's do), and a model with mixed parameter dtypes breaks megatron's fp16/bf16
+    optimizer checkpointing. fp32 master weights live in the optimizer, as usual."""
+    dtype = precision_dtype(precision)
+    if dtype != torch.float32:
+        model.to(dtype)
+    return model

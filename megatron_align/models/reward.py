@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from megatron_align.config.model import ModelConfig
-from megatron_align.models.gpt import gpt_model_kwargs
+from megatron_align.models.gpt import cast_to_precision, gpt_model_kwargs
 
 
 def _reward_model_class():
@@ -91,5 +91,6 @@ def build_reward_model(
 ):
     """This rank's reward-model stage, ``cfg.num_attributes`` outputs. Parallel state must be initialised."""
     cls = _reward_model_class()
-    return cls(**gpt_model_kwargs(cfg, vocab_size, precision, pre_process, post_process),
-               num_attributes=cfg.num_attributes)
+    model = cls(**gpt_model_kwargs(cfg, vocab_size, precision, pre_process, post_process),
+                num_attributes=cfg.num_attributes)
+    return cast_to_precision(model, precision)
