@@ -5,7 +5,8 @@ from setuptools import find_packages, setup
 setup(
     name="megatron_align",
     version="0.1.0",
-    description="Megatron-Core-native alignment: SteerLM, SteerLM 2.0, self-rewarding, offline RS/ReST, EXO/DPO",
+    description=("Megatron-Core-native alignment: SteerLM, SteerLM 2.0, self-rewarding, offline RS/ReST, "
+                 "EXO/DPO"),
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_align", "megatron_align.*", "kernels", "kernels.*"]),
     package_data={"megatron_align": ["resources/*", "resources/**/*"]},

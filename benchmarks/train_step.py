@@ -54,7 +54,8 @@ def main():
     from megatron_align.distributed import start
 
     start(1, 1, seed=1)
-    print("| layers x hidden x vocab x seq x batch | tokens/step | step (ms, median) | tokens/s | peak RSS (MiB) |")
+    print("| layers x hidden x vocab x seq x batch | tokens/step | step (ms, median) | tokens/s "
+          "| peak RSS (MiB) |")
     print("| --- | --- | --- | --- | --- |")
     for size in args.sizes:
         r = bench(size, args.steps)

@@ -25,7 +25,8 @@ _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_
 
 
 def tiny_llama(**kw) -> ModelConfig:
-    """Llama-style: RMSNorm, SwiGLU, RoPE (theta 50000), GQA 4 heads / 2 groups, untied, vocab needs padding."""
+    """Llama-style: RMSNorm, SwiGLU, RoPE (theta 50000), GQA 4 heads / 2 groups, untied, vocab needs
+    padding."""
     base = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
                 normalization="rmsnorm", activation="fast-swiglu", position_embedding_type="rope",
                 rotary_base=50000.0, vocab_size=1000, max_position_embeddings=64, encoder_seq_length=64,
@@ -36,9 +37,10 @@ def tiny_llama(**kw) -> ModelConfig:
 
 def tiny_gpt2(**kw) -> ModelConfig:
     """GPT-2-style: LayerNorm, tanh-GELU, learned positions, biases, tied embeddings, MHA."""
-    base = dict(num_layers=2, hidden_size=64, ffn_hidden_size=256, num_attention_heads=4, num_query_groups=None,
-                normalization="layernorm", activation="gelu-tanh", position_embedding_type="learned_absolute",
-                bias=True, vocab_size=1000, max_position_embeddings=64, encoder_seq_length=64,
+    base = dict(num_layers=2, hidden_size=64, ffn_hidden_size=256, num_attention_heads=4,
+                num_query_groups=None, normalization="layernorm", activation="gelu-tanh",
+                position_embedding_type="learned_absolute", bias=True, vocab_size=1000,
+                max_position_embeddings=64, encoder_seq_length=64,
                 share_embeddings_and_output_weights=True, init_method_std=0.05)
     base.update(kw)
     return ModelConfig(**base)

@@ -139,7 +139,8 @@ def _greedy_answer(model, tokenizer, question: str, max_new: int = 24) -> str:
     """Greedy continuation by full recompute (TP=1/PP=1 only; the KV-cache engine is the generation issue)."""
     from megatron_align.data.demo_data import SYSTEM
 
-    pieces = [f"<extra_id_0>System\n{SYSTEM}\n", "<extra_id_1>User\n", f"{question}\n", "<extra_id_1>Assistant\n"]
+    pieces = [f"<extra_id_0>System\n{SYSTEM}\n", "<extra_id_1>User\n", f"{question}\n",
+              "<extra_id_1>Assistant\n"]
     ids = [i for p in pieces for i in tokenizer.text_to_ids(p)]
     out = []
     model.eval()
@@ -229,7 +230,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             order.extend(perm)
         batch_idx, order = order[:need], order[need:]
         mine = batch_idx[dp_rank * mbs * n_mb:(dp_rank + 1) * mbs * n_mb]
-        mb_list = [_batches(train, mine[i:i + mbs], seq_len, tokenizer.pad_id) for i in range(0, len(mine), mbs)]
+        mb_list = [_batches(train, mine[i:i + mbs], seq_len, tokenizer.pad_id)
+                   for i in range(0, len(mine), mbs)]
         ddp.zero_grad_buffer()
         optimizer.zero_grad()
         res = forward_backward([ddp], mb_list, n_mb, seq_len, mbs)
@@ -256,8 +258,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     ckpt = save_checkpoint(run_dir / "checkpoints" / f"step={sft.max_steps}", model, model_cfg,
                            tokenizer_dir=run_dir / "tokenizer", train_state={"step": sft.max_steps})
     summary = {"run_dir": str(run_dir), "checkpoint": str(ckpt), "first_train_loss": first_loss,
-               "last_train_loss": last_loss, "val_loss_before": val_losses[0], "val_loss_after": val_losses[-1],
-               "steps": sft.max_steps, "seconds": time.perf_counter() - t0}
+               "last_train_loss": last_loss, "val_loss_before": val_losses[0],
+               "val_loss_after": val_losses[-1], "steps": sft.max_steps, "seconds": time.perf_counter() - t0}
     if m.tensor_model_parallel_size == 1 and m.pipeline_model_parallel_size == 1:
         summary["sample_question"] = "What is 3 plus 4?"
         summary["sample_answer"] = _greedy_answer(model, tokenizer, summary["sample_question"])

@@ -88,7 +88,8 @@ def main() -> None:
     """Print ``conf/base.yaml``: every key of ``RunConfig`` with its default and its docstring."""
     from megatron_align.config.schema import RunConfig
 
-    header = ("# Every key of megatron_align's RunConfig, with its default. Generated from the dataclass schemas\n"
+    header = ("# Every key of megatron_align's RunConfig, with its default. "
+              "Generated from the dataclass schemas\n"
               "# (megatron_align/config/), which own the defaults:\n"
               "#   python -m megatron_align.config.docgen > conf/base.yaml\n"
               "# Stage configs extend this (trainer.<stage>.*, model.data.*).\n\n")

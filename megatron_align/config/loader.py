@@ -60,8 +60,8 @@ def load_config(schema_cls: type[T], yaml_path: PathLike | None = None, override
     """Build a ``schema_cls`` instance: its defaults, then ``yaml_path`` (optional), then ``overrides``.
 
     Interpolations (``${model.encoder_seq_length}``) are resolved. With ``validate`` (the default) and a
-    schema that has ``trainer`` and ``model`` sections, :func:`validate_layout` runs, and then the schema's own
-    ``validate(self, world_size)`` method if it defines one (where a stage checks its batch sizes, ...).
+    schema that has ``trainer`` and ``model`` sections, :func:`validate_layout` runs, and then the schema's
+    own ``validate(self, world_size)`` method if it defines one (where a stage checks its batch sizes, ...).
     Every mistake raises :class:`ConfigError` (one line, naming key, fix and source).
     """
     tree = ConfigTree(schema_cls)
@@ -83,7 +83,8 @@ def load_config(schema_cls: type[T], yaml_path: PathLike | None = None, override
 
 
 def to_yaml(cfg: Any, path: PathLike | None = None) -> str:
-    """The YAML text of a config (any schema dataclass instance or section); also written to ``path`` if given."""
+    """The YAML text of a config (any schema dataclass instance or section); also written to ``path``
+    if given."""
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         raise TypeError(f"to_yaml expects a config dataclass instance, got {type(cfg).__name__}")
     text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
@@ -95,5 +96,6 @@ def to_yaml(cfg: Any, path: PathLike | None = None) -> str:
 
 def from_yaml_file(schema_cls: type[T], path: PathLike, overrides: Iterable[str] = (), *,
                    validate: bool = False) -> T:
-    """Restore a ``schema_cls`` instance saved with :func:`to_yaml` (unknown keys are errors, as everywhere)."""
+    """Restore a ``schema_cls`` instance saved with :func:`to_yaml` (unknown keys are errors, as
+    everywhere)."""
     return load_config(schema_cls, path, overrides, validate=validate)

@@ -17,7 +17,8 @@ class TokenizerConfig:
     """Which tokenizer the model uses (``model.tokenizer.*``)."""
 
     library: str = "sentencepiece"
-    """``sentencepiece`` (a ``tokenizer.model`` file) or ``huggingface`` (a ``tokenizer.json`` or HF directory)."""
+    """``sentencepiece`` (a ``tokenizer.model`` file) or ``huggingface`` (a ``tokenizer.json`` or HF
+    directory)."""
     model: Optional[str] = None
     """Path to the tokenizer file or directory; filled from the checkpoint when restoring one."""
     type: Optional[str] = None

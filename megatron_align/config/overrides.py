@@ -1,17 +1,18 @@
-"""Command-line overrides in the Hydra syntax NeMo-Aligner users type, parsed and applied to a ``ConfigTree``.
+"""Command-line overrides in the Hydra syntax NeMo-Aligner users type, parsed and applied to a
+``ConfigTree``.
 
-=====================  ==========================================================================================
+=====================  =======================================================================================
 ``key=value``          set an existing key (a misspelled key is an error, with a did-you-mean)
 ``+key=value``         add a key that does not exist yet; only inside free-form dicts such as ``model.data``
 ``++key=value``        set the key, adding it if it is missing (adding, again, only inside free-form dicts)
 ``~key``               in a free-form dict: remove the entry; on a schema field: reset it to its *schema*
                        default (a field cannot disappear: code reads every field). ``~key=value`` only acts
                        when the current value equals ``value``, as in Hydra.
-=====================  ==========================================================================================
+=====================  =======================================================================================
 
 Values are read like YAML: ``true``/``False``, ``null``, ``5e-6`` (a float, as in OmegaConf), ``[1,2]``,
-``{a: 1}``, ``'quoted'`` strings; ``key=`` is the empty string; ``${...}`` interpolations are kept and resolved
-with the rest of the config. A value YAML cannot read is taken as a plain string.
+``{a: 1}``, ``'quoted'`` strings; ``key=`` is the empty string; ``${...}`` interpolations are kept and
+resolved with the rest of the config. A value YAML cannot read is taken as a plain string.
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def parse_override(text: str) -> Override:
     key, eq, raw = rest.partition("=")
     key = key.strip()
     if not eq and op != "delete":
-        raise ConfigError(f"{text!r} is not an override: write key=value (or ~key to delete, +key=value to add)",
-                          source=source)
+        raise ConfigError(f"{text!r} is not an override: write key=value "
+                          "(or ~key to delete, +key=value to add)", source=source)
     if not _KEY_RE.match(key):
         raise ConfigError(f"{text!r}: {key!r} is not a dotted key such as model.optim.lr", source=source)
     return Override(op, key, parse_value(raw) if eq else None, bool(eq), text)

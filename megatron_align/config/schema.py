@@ -36,7 +36,8 @@ _PRECISION_ALIASES = {
 
 
 def normalize_precision(value: Any) -> str | None:
-    """``32`` / ``"32"`` -> ``"32"``; ``"bf16"`` / ``"bf16-mixed"`` -> ``"bf16"``; ``16`` / ``"16-mixed"`` -> ``"16"``.
+    """``32`` / ``"32"`` -> ``"32"``; ``"bf16"`` / ``"bf16-mixed"`` -> ``"bf16"``;
+    ``16`` / ``"16-mixed"`` -> ``"16"``.
 
     Returns ``None`` for a value that is not a precision (``validate_layout`` reports it).
     """

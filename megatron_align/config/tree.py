@@ -1,10 +1,10 @@
 """Typed edits of an OmegaConf tree against its dataclass schema, each failure a one-line ``ConfigError``.
 
-``ConfigTree`` holds the tree being built from a schema; the YAML loader and the command-line overrides both edit
-it through ``set`` / ``delete`` / ``merge``, so a misspelled key or a wrong type reads the same wherever it comes
-from. Types are checked here against the dataclass annotations (not left to OmegaConf) so that messages say
-``model.optim.lr='abc' is not a float``. A dict-typed field (``model.data``) is free-form: any key may live
-in it. Every key set remembers where its value came from, for later error messages.
+``ConfigTree`` holds the tree being built from a schema; the YAML loader and the command-line overrides both
+edit it through ``set`` / ``delete`` / ``merge``, so a misspelled key or a wrong type reads the same wherever
+it comes from. Types are checked here against the dataclass annotations (not left to OmegaConf) so that
+messages say ``model.optim.lr='abc' is not a float``. A dict-typed field (``model.data``) is free-form: any
+key may live in it. Every key set remembers where its value came from, for later error messages.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def optional_of(hint: Any) -> tuple[Any, bool]:
 
 
 def coerce(hint: Any, value: Any) -> Any:
-    """``value`` converted to ``hint`` (``1`` -> ``1.0`` for a float, ``1e4`` -> ``10000`` for an int), or raise."""
+    """``value`` converted to ``hint`` (``1`` -> ``1.0`` for a float, ``1e4`` -> ``10000`` for an int),
+    or raise."""
     if hint is Any or hint is object:
         return value
     inner, optional = optional_of(hint)
@@ -226,7 +227,8 @@ class ConfigTree:
         suggestion = _join(prefix, close[0]) if close else None
         if suggestion is None:  # e.g. model.lr -> model.optim.lr, trainer.max_steps -> trainer.sft.max_steps
             top = full.split(".")[0] + "." if "." in full else ""
-            same_leaf = [k for k in self._all_schema_keys() if k.rpartition(".")[2] == key and k.startswith(top)]
+            same_leaf = [k for k in self._all_schema_keys()
+                         if k.rpartition(".")[2] == key and k.startswith(top)]
             same_leaf.sort(key=lambda k: (not k.startswith(prefix + "."), len(k)))
             suggestion = same_leaf[0] if same_leaf else None
         msg = f"{full}: no such key"
@@ -266,8 +268,8 @@ class ConfigTree:
             node = self._child(node, part)
         if not isinstance(node, (DictConfig, ListConfig)) or node._is_none():
             full = ".".join(parts)
-            raise ConfigError(f"{full} is not a section, so it has no keys (set {full}=... instead)", key=full,
-                              source=source)
+            raise ConfigError(f"{full} is not a section, so it has no keys (set {full}=... instead)",
+                              key=full, source=source)
         return node
 
     def _missing_key_error(self, parent: Any, key: str, full: str, source: str | None,
@@ -315,10 +317,11 @@ class ConfigTree:
             raise err
         if expect is not dataclasses.MISSING:
             node = self._child(parent, last)
-            current = OmegaConf.to_container(node) if isinstance(node, (DictConfig, ListConfig)) else node._value()
+            current = (OmegaConf.to_container(node) if isinstance(node, (DictConfig, ListConfig))
+                       else node._value())
             if current != expect:
-                raise ConfigError(f"~{key}={expect!r}: the current value is {current!r}, not {expect!r}", key=key,
-                                  source=source)
+                raise ConfigError(f"~{key}={expect!r}: the current value is {current!r}, not {expect!r}",
+                                  key=key, source=source)
         try:
             if isinstance(parent, ListConfig):
                 del parent[int(last)]
@@ -329,7 +332,8 @@ class ConfigTree:
                 for part in parts[:-1]:
                     dparent = dparent._get_node(part)
                 dnode = dparent._get_node(last)
-                parent[last] = copy.deepcopy(dnode) if isinstance(dnode, (DictConfig, ListConfig)) else dnode._value()
+                parent[last] = (copy.deepcopy(dnode) if isinstance(dnode, (DictConfig, ListConfig))
+                                else dnode._value())
         except OmegaConfBaseException as e:
             raise ConfigError(f"cannot delete {key}: {_first_line(e.msg)}", key=key, source=source) from None
         for k in [k for k in self.origins if k == key or k.startswith(key + ".")]:
@@ -338,7 +342,8 @@ class ConfigTree:
             self.origins[key] = source
 
     def merge(self, data: dict, source_of: SourceFn, prefix: str = "") -> None:
-        """Deep-merge a nested dict (a YAML file's content) into the tree; keys must exist outside free-form dicts."""
+        """Deep-merge a nested dict (a YAML file's content) into the tree; keys must exist outside
+        free-form dicts."""
         parent = self.cfg if not prefix else self._walk(prefix.split("."), source_of(prefix), False, "set")
         for key, value in data.items():
             self._merge_key(parent, str(key), value, _join(prefix, key), source_of)
@@ -388,13 +393,14 @@ class ConfigTree:
 
     # ---- result ----
     def to_object(self) -> Any:
-        """The schema instance (interpolations resolved); a missing or unresolvable value is a ``ConfigError``."""
+        """The schema instance (interpolations resolved); a missing or unresolvable value is a
+        ``ConfigError``."""
         try:
             return OmegaConf.to_object(self.cfg)
         except MissingMandatoryValue as e:
             key = e.full_key
-            raise ConfigError(f"{key} is required: set it in the YAML file or with {key}=... on the command line",
-                              key=key, source=self.origin_of(key)) from None
+            raise ConfigError(f"{key} is required: set it in the YAML file or with {key}=... "
+                              "on the command line", key=key, source=self.origin_of(key)) from None
         except InterpolationResolutionError as e:
             key = e.full_key
             raise ConfigError(f"{key}: {_first_line(e.msg)} (fix the ${{...}} interpolation)", key=key,

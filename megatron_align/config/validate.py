@@ -22,7 +22,8 @@ POSITION_EMBEDDING_TYPES = ("rope", "learned_absolute")
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not one of {'|'.join(allowed)}: set {key} to one of them", key=key)
+        raise ConfigError(f"{key}={value!r} is not one of {'|'.join(allowed)}: set {key} to one of them",
+                          key=key)
 
 
 def _at_least_one(key: str, value: int) -> None:
@@ -91,7 +92,8 @@ def validate_layout(cfg: Any, world_size: int | None = None) -> int:
             raise ConfigError(
                 f"the padded vocabulary ({padded} rows, model.vocab_size={m.vocab_size} rounded up to "
                 f"model.make_vocab_size_divisible_by={m.make_vocab_size_divisible_by}) is not divisible by "
-                f"model.tensor_model_parallel_size={tp}: set make_vocab_size_divisible_by to a multiple of {tp}",
+                f"model.tensor_model_parallel_size={tp}: set make_vocab_size_divisible_by to a multiple "
+                f"of {tp}",
                 key="model.make_vocab_size_divisible_by")
 
     _one_of("model.normalization", m.normalization, NORMALIZATIONS)
@@ -100,13 +102,15 @@ def validate_layout(cfg: Any, world_size: int | None = None) -> int:
     if m.position_embedding_type == "learned_absolute" and m.encoder_seq_length > m.max_position_embeddings:
         raise ConfigError(
             f"model.encoder_seq_length={m.encoder_seq_length} is longer than model.max_position_embeddings="
-            f"{m.max_position_embeddings} (the learned position table): shorten the sequence or enlarge the table",
+            f"{m.max_position_embeddings} (the learned position table): shorten the sequence or enlarge "
+            "the table",
             key="model.encoder_seq_length")
     return ws
 
 
 def check_launch_matches(cfg: Any, launched_world_size: int) -> None:
-    """A job started by torchrun/srun must have as many processes as ``trainer.num_nodes * trainer.devices``."""
+    """A job started by torchrun/srun must have as many processes as
+    ``trainer.num_nodes * trainer.devices``."""
     trainer = cfg.trainer
     requested = trainer.num_nodes * trainer.devices
     if launched_world_size == 1 and requested > 1:
@@ -116,8 +120,8 @@ def check_launch_matches(cfg: Any, launched_world_size: int) -> None:
             key="trainer.devices")
     if launched_world_size > 1 and launched_world_size != requested:
         raise ConfigError(
-            f"trainer.num_nodes * trainer.devices = {trainer.num_nodes}*{trainer.devices} = {requested} but the "
-            f"launcher started {launched_world_size} processes: set "
+            f"trainer.num_nodes * trainer.devices = {trainer.num_nodes}*{trainer.devices} = {requested} "
+            f"but the launcher started {launched_world_size} processes: set "
             f"trainer.devices={max(1, launched_world_size // trainer.num_nodes)} (or launch that many)",
             key="trainer.devices")
 

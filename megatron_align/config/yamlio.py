@@ -26,14 +26,16 @@ class ConfigYamlLoader(yaml.SafeLoader):
                 continue  # SafeLoader reports unhashable keys itself
             if key in seen and key != "<<":
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is written twice (first on line {seen[key]})", key_node.start_mark)
+                    None, None, f"key {key!r} is written twice (first on line {seen[key]})",
+                    key_node.start_mark)
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
 
 ConfigYamlLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers
-            if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+            if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool",
+                           "tag:yaml.org,2002:float")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 ConfigYamlLoader.add_implicit_resolver(

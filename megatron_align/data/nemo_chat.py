@@ -1,9 +1,10 @@
 """NeMo's extra_id chat template and answer-only loss masks for chat SFT records.
 
 The template, as the SteerLM seed document writes it (``model.data.chat_prompt_tokens.*`` configure the three
-markers)::
+markers; one string, wrapped here after the user turn)::
 
-    <extra_id_0>System\\n{system}\\n<extra_id_1>User\\n{user turn}\\n<extra_id_1>Assistant\\n[<extra_id_2>{label}\\n]{answer}\\n
+    <extra_id_0>System\\n{system}\\n<extra_id_1>User\\n{user turn}\\n
+    <extra_id_1>Assistant\\n[<extra_id_2>{label}\\n]{answer}\\n
 
 Only assistant answers (and the turn end after them) are targets; the system prompt, user turns, role headers
 and the label line are context.

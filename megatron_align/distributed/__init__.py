@@ -4,5 +4,6 @@ from megatron_align.distributed.cpu_compat import cpu_compat_active, enable_cpu_
 from megatron_align.distributed.launch import LaunchEnv, detect_launch_env, seed_all, shutdown, start
 
 __all__ = [
-    "LaunchEnv", "cpu_compat_active", "detect_launch_env", "enable_cpu_compat", "seed_all", "shutdown", "start",
+    "LaunchEnv", "cpu_compat_active", "detect_launch_env", "enable_cpu_compat", "seed_all", "shutdown",
+    "start",
 ]

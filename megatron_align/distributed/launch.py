@@ -5,7 +5,8 @@ present, gloo otherwise), switches on the CPU compatibility layer when there is 
 parallel groups and seeds every RNG. ``shutdown()`` undoes it.
 
 Launchers understood (first match wins):
-- torchrun / torch.distributed.run: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``.
+- torchrun / torch.distributed.run: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+  ``MASTER_PORT``.
 - Slurm ``srun``: ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``; the master is the first host of
   ``SLURM_JOB_NODELIST`` (or ``SLURM_NODELIST``); the port is ``MASTER_PORT`` if set, else derived from
   ``SLURM_JOB_ID`` so that concurrent jobs on one node do not collide.

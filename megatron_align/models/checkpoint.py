@@ -3,20 +3,24 @@
 Layout of one checkpoint directory::
 
     <ckpt>/
-      metadata.json        format version, layout at save time, step; written last: its presence marks "complete"
+      metadata.json        format version, layout at save time, step; written last: its presence marks
+                           "complete"
       model_config.yaml    the ``model.*`` section the weights belong to (OmegaConf YAML, no Python objects)
-      tokenizer/           the tokenizer files (tokenizer.model or tokenizer.json + tokenizer_config.json ...)
-      weights/             megatron dist_checkpointing (torch_dist): the sharded model state, TP/PP-agnostic keys
+      tokenizer/           the tokenizer files (tokenizer.model or tokenizer.json + tokenizer_config.json
+                           ...)
+      weights/             megatron dist_checkpointing (torch_dist): the sharded model state, TP/PP-agnostic
+                           keys
       optimizer/           (training only) dist_checkpointing of the optimizer state
       train_state.json     (training only) step, consumed samples, scheduler, data position: plain JSON
-      rng/rank_00000.pt    (training only) per-rank RNG states: tensors and numbers only (``weights_only`` load)
+      rng/rank_00000.pt    (training only) per-rank RNG states: tensors and numbers only (``weights_only``
+                           load)
 
 Atomicity: every rank writes into ``<ckpt>.incomplete``; after a barrier rank 0 writes ``metadata.json`` and
 renames the directory into place. A writer killed at any point leaves at most a ``*.incomplete`` directory,
 which ``is_complete_checkpoint`` and ``latest_checkpoint`` never accept.
 
-Safety: dist_checkpointing's torch_dist backend stores its index (``weights/.metadata``) with pickle. Before any
-load we replay that pickle with an unpickler that only admits the plain record classes of
+Safety: dist_checkpointing's torch_dist backend stores its index (``weights/.metadata``) with pickle. Before
+any load we replay that pickle with an unpickler that only admits the plain record classes of
 ``torch.distributed.checkpoint`` (see ``_SafeMetadataUnpickler``); anything else stops the load. Everything
 else is JSON, YAML, raw tensor bytes, or ``torch.load(weights_only=True)``.
 """
@@ -229,7 +233,8 @@ _STEP_RE = re.compile(r"step[=_-]?(\d+)")
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
-    """The complete checkpoint with the highest step under ``run_dir`` (or None); incomplete ones are skipped."""
+    """The complete checkpoint with the highest step under ``run_dir`` (or None); incomplete ones are
+    skipped."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return None
@@ -254,7 +259,8 @@ _OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 def _ensure_optimizer_state(optimizer) -> None:
-    """Give a fresh distributed optimizer its (lazily created) state before it is asked for a loading template.
+    """Give a fresh distributed optimizer its (lazily created) state before it is asked for a loading
+    template.
 
     megatron-core 0.16's ``DistributedOptimizer.sharded_state_dict(is_loading=True)`` calls ``state_dict()``,
     which asserts on the per-parameter ``step`` of torch's Adam; without TE/apex that state only exists after
@@ -263,7 +269,8 @@ def _ensure_optimizer_state(optimizer) -> None:
     """
     for opt in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
         inner = getattr(opt, "optimizer", None)
-        if inner is None or len(inner.state) > 0 or not hasattr(opt, "_init_optimizer_states_with_dummy_values"):
+        if (inner is None or len(inner.state) > 0
+                or not hasattr(opt, "_init_optimizer_states_with_dummy_values")):
             continue
         lrs = [group["lr"] for group in inner.param_groups]
         for group in inner.param_groups:
@@ -372,9 +379,9 @@ def _load_one_optimizer(opt, state: dict) -> None:
     ):
         opt.load_state_dict(state)
         return
-    # megatron-core 0.16 + torch's Adam (no TE/apex): ``_set_main_param_and_optimizer_states`` copies every key
-    # of the live per-parameter state, including torch's ``step``, which the fully-reshardable format does not
-    # carry (it keeps the step in the param groups) -> KeyError. So: param groups and step first, then the
+    # megatron-core 0.16 + torch's Adam (no TE/apex): ``_set_main_param_and_optimizer_states`` copies every
+    # key of the live per-parameter state, including torch's ``step``, which the fully-reshardable format does
+    # not carry (it keeps the step in the param groups) -> KeyError. So: param groups and step first, then the
     # per-parameter tensors with ``step`` set aside for the duration.
     state = dict(state)
     param_state = state.pop("param_state")

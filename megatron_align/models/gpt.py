@@ -167,9 +167,9 @@ def build_gpt_model(
 
 
 def cast_to_precision(model, precision):
-    """Every parameter in the compute dtype. megatron's linear layers honour ``params_dtype`` already; the local
-    spec's torch norms do not (TE's do), and a model with mixed parameter dtypes breaks megatron's fp16/bf16
-    optimizer checkpointing. fp32 master weights live in the optimizer, as usual."""
+    """Every parameter in the compute dtype. megatron's linear layers honour ``params_dtype`` already; the
+    local spec's torch norms do not (TE's do), and a model with mixed parameter dtypes breaks megatron's
+    fp16/bf16 optimizer checkpointing. fp32 master weights live in the optimizer, as usual."""
     dtype = precision_dtype(precision)
     if dtype != torch.float32:
         model.to(dtype)

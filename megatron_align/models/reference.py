@@ -54,7 +54,7 @@ class HostReferencePolicy:
     def update(self, model) -> None:
         """Make the model's current weights the new reference (e.g. after each SteerLM 2.0 iteration)."""
         with torch.no_grad():
-            for (name, p), ref in zip(_params(model), self._ref):
+            for (_name, p), ref in zip(_params(model), self._ref):
                 ref.copy_(p.detach())
 
     @contextlib.contextmanager

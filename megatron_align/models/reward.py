@@ -56,15 +56,16 @@ def _reward_model_class():
             return rewards.transpose(0, 1)  # [B, S, A]
 
         def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
-            """Module-wise sharded state (no LM output layer to tie or pad, so LanguageModule's logic is skipped)."""
+            """Module-wise sharded state (no LM output layer to tie or pad, so LanguageModule's logic is
+            skipped)."""
             from megatron.core.transformer.module import MegatronModule
             from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 
             metadata = ensure_metadata_has_dp_cp_group(metadata)
             return MegatronModule.sharded_state_dict(self, prefix, sharded_offsets, metadata)
 
-        def forward(self, input_ids, position_ids, attention_mask=None, lengths: Optional[torch.Tensor] = None,
-                    **kwargs):
+        def forward(self, input_ids, position_ids, attention_mask=None,
+                    lengths: Optional[torch.Tensor] = None, **kwargs):
             """Rewards ``[B, A]`` at the last real token (``lengths`` [B]; all tokens real when None).
 
             On a pipeline stage other than the last, returns the hidden states for the next stage.

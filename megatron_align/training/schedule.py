@@ -8,14 +8,15 @@ accumulation x DP equals one big batch (DESIGN.md habit 3; verl ``agg_loss``, Ne
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
-from typing import Iterable
 
 import torch
 
 
 def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """``output_tensor``: per-token cross entropy ``[B, S]`` from GPTModel(labels=...); ``loss_mask`` [B, S]."""
+    """``output_tensor``: per-token cross entropy ``[B, S]`` from GPTModel(labels=...);
+    ``loss_mask`` [B, S]."""
     mask = loss_mask.to(output_tensor.device, torch.float32)
     loss_sum = (output_tensor.float() * mask).sum()
     num_tokens = mask.sum().to(torch.int)

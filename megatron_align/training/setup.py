@@ -1,4 +1,5 @@
-"""Wraps a built model for training: megatron DDP, megatron optimizer, and the hooks megatron's schedules need.
+"""Wraps a built model for training: megatron DDP, megatron optimizer, and the hooks megatron's schedules
+need.
 
 ``prepare_for_training(model, optim_cfg, precision, clip_grad)`` returns ``(ddp_model, optimizer)``:
 - ``DistributedDataParallel`` with fp32 gradient buffers (``grad_reduce_in_fp32``), so gradients are reduced

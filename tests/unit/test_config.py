@@ -1,4 +1,5 @@
-"""Tests of megatron_align.config: loading, Hydra-style overrides, one-line errors, layout checks, base.yaml."""
+"""Tests of megatron_align.config: loading, Hydra-style overrides, one-line errors, layout checks,
+base.yaml."""
 
 import dataclasses
 import os
@@ -106,9 +107,9 @@ def test_bad_precision():
 
 # ---- override syntaxes ----
 @pytest.mark.parametrize("text,value", [
-    ("True", True), ("false", False), ("null", None), ("5e-6", 5e-6), ("1e4", 1e4), ("3", 3), ("[1,2]", [1, 2]),
-    ("'5'", "5"), ('"a b"', "a b"), ("", ""), ("abc", "abc"), ("${model.x}", "${model.x}"), ("{a: 1}", {"a": 1}),
-    ("a: b", "a: b"), ("yes", "yes"), ("2024-01-01", "2024-01-01"), ("[1", "[1"),
+    ("True", True), ("false", False), ("null", None), ("5e-6", 5e-6), ("1e4", 1e4), ("3", 3),
+    ("[1,2]", [1, 2]), ("'5'", "5"), ('"a b"', "a b"), ("", ""), ("abc", "abc"), ("${model.x}", "${model.x}"),
+    ("{a: 1}", {"a": 1}), ("a: b", "a: b"), ("yes", "yes"), ("2024-01-01", "2024-01-01"), ("[1", "[1"),
 ])
 def test_parse_value(text, value):
     assert parse_value(text) == value and type(parse_value(text)) is type(value)
@@ -147,7 +148,8 @@ def test_free_form_model_data():
         "+model.data.train_ds.file_path=/d/train.jsonl", "+model.data.train_ds.max_seq_length=4096",
         "++model.data.chat=true", "model.data.chat=false", "++model.data.train_ds.max_seq_length=128",
     ])
-    assert cfg.model.data == {"train_ds": {"file_path": "/d/train.jsonl", "max_seq_length": 128}, "chat": False}
+    assert cfg.model.data == {"train_ds": {"file_path": "/d/train.jsonl", "max_seq_length": 128},
+                              "chat": False}
 
 
 def test_equals_on_missing_free_form_key_says_use_plus():
@@ -211,7 +213,8 @@ def test_interpolation_in_yaml_and_command_line(tmp_path):
         exp_manager:
           name: ${name}
     """)
-    cfg = load_config(RunConfig, path, ["model.encoder_seq_length=2048", "model.optim.sched.max_steps=${model.seed}"])
+    cfg = load_config(RunConfig, path,
+                      ["model.encoder_seq_length=2048", "model.optim.sched.max_steps=${model.seed}"])
     assert cfg.model.max_position_embeddings == 2048
     assert cfg.model.data["train_ds"]["max_seq_length"] == 2048
     assert cfg.exp_manager.name == "sft_run"
@@ -290,15 +293,18 @@ def _run(**model) -> RunConfig:
 
 
 @pytest.mark.parametrize("cfg,world_size,key,fragment", [
-    (_run(tensor_model_parallel_size=2), 3, "model.tensor_model_parallel_size", "does not divide the world size 3"),
+    (_run(tensor_model_parallel_size=2), 3, "model.tensor_model_parallel_size",
+     "does not divide the world size 3"),
     (_run(pipeline_model_parallel_size=4, num_layers=2), 4, "model.pipeline_model_parallel_size",
      "more than model.num_layers=2"),
     (_run(num_attention_heads=6, hidden_size=96, tensor_model_parallel_size=4), 4,
      "model.tensor_model_parallel_size", "num_attention_heads=6 is not divisible"),
     (_run(num_attention_heads=4, num_query_groups=2, tensor_model_parallel_size=4), 4,
      "model.tensor_model_parallel_size", "num_query_groups=2 is not divisible"),
-    (_run(num_attention_heads=4, num_query_groups=3), 1, "model.num_query_groups", "num_attention_heads=4 is not"),
-    (_run(sequence_parallel=True), 1, "model.sequence_parallel", "needs model.tensor_model_parallel_size > 1"),
+    (_run(num_attention_heads=4, num_query_groups=3), 1, "model.num_query_groups",
+     "num_attention_heads=4 is not"),
+    (_run(sequence_parallel=True), 1, "model.sequence_parallel",
+     "needs model.tensor_model_parallel_size > 1"),
     (_run(vocab_size=100, make_vocab_size_divisible_by=3, tensor_model_parallel_size=4), 4,
      "model.make_vocab_size_divisible_by", "padded vocabulary (102 rows"),
     (_run(hidden_size=66), 1, "model.hidden_size", "set model.kv_channels"),
@@ -321,7 +327,8 @@ def test_possible_layouts_pass():
     assert validate_layout(_run(hidden_size=66, kv_channels=16), 1) == 1
     assert validate_layout(_run(num_query_groups=2, tensor_model_parallel_size=2, sequence_parallel=True,
                                 vocab_size=1000), 2) == 2
-    cfg = RunConfig(trainer=TrainerConfig(num_nodes=2, devices=4), model=ModelConfig(tensor_model_parallel_size=4))
+    cfg = RunConfig(trainer=TrainerConfig(num_nodes=2, devices=4),
+                    model=ModelConfig(tensor_model_parallel_size=4))
     assert validate_layout(cfg) == 8
 
 
@@ -374,7 +381,8 @@ def test_base_yaml_lists_every_key_and_loads_to_defaults():
     path = REPO / "conf" / "base.yaml"
     keys = set(key_lines(path.read_text()))
     missing = [k for k in _schema_keys(RunConfig) if k not in keys]
-    assert not missing, f"conf/base.yaml lacks {missing}: python -m megatron_align.config.docgen > conf/base.yaml"
+    assert not missing, (f"conf/base.yaml lacks {missing}: "
+                         "python -m megatron_align.config.docgen > conf/base.yaml")
     assert load_config(RunConfig, path) == RunConfig()
 
 
@@ -395,8 +403,8 @@ def test_run_cli_prints_one_line_and_exits_2(tmp_path):
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "SLURM_PROCID")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", code, "model.optim.lrr=1e-5"], capture_output=True, text=True,
-                          check=False, env=env, cwd=tmp_path, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code, "model.optim.lrr=1e-5"], capture_output=True,
+                          text=True, check=False, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     expected = ("config error: model.optim.lrr: no such key (did you mean model.optim.lr?) "
@@ -417,7 +425,8 @@ def test_cli_main_decorator_and_quiet_non_zero_ranks(capsys, monkeypatch):
     with pytest.raises(SystemExit) as info:
         main(["model.seed=x"])
     assert info.value.code == 2
-    assert capsys.readouterr().err == "config error: model.seed='x' is not an int (from the command line: model.seed=x)\n"
+    assert capsys.readouterr().err == ("config error: model.seed='x' is not an int "
+                                       "(from the command line: model.seed=x)\n")
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(SystemExit):
         main(["model.seed=x"])
