@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "transformers>=4.45", "triton>=3.2"],
-        "dev": ["ruff>=0.6"],
+        "dev": ["ruff==0.17.6"],
         # GPU only: installed inside the NGC image (see Dockerfile); never the PyPI package named "apex".
         "trtllm": ["tensorrt_llm==1.2.1", "ray[default]==2.53.0"],
     },
