@@ -1,4 +1,4 @@
-"""The repository stays ruff-clean (rules and line length in pyproject.toml; ruff is pinned in the [dev] extra)."""
+"""The repository stays ruff-clean (rules and line length in pyproject.toml; ruff pinned in [dev])."""
 
 import shutil
 import subprocess
