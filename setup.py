@@ -25,11 +25,14 @@ setup(
         "sentencepiece",
         "tokenizers>=0.19",
         "einops",
+        "tensorboard",
+        "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8", "transformers>=4.45", "triton>=3.2"],
+        "test": ["pytest>=8", "transformers>=4.45", "wandb"],
         "dev": ["ruff==0.17.6"],
         # GPU only: installed inside the NGC image (see Dockerfile); never the PyPI package named "apex".
+        "wandb": ["wandb"],
         "trtllm": ["tensorrt_llm==1.2.1", "ray[default]==2.53.0"],
     },
     entry_points={"console_scripts": ["megatron-align=megatron_align.cli:main"]},

@@ -269,17 +269,31 @@ def _ensure_optimizer_state(optimizer) -> None:
     """
     for opt in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
         inner = getattr(opt, "optimizer", None)
-        if (inner is None or len(inner.state) > 0
-                or not hasattr(opt, "_init_optimizer_states_with_dummy_values")):
+        if inner is None or len(inner.state) > 0:
             continue
         lrs = [group["lr"] for group in inner.param_groups]
         for group in inner.param_groups:
             group["lr"] = 0.0
         try:
-            opt._init_optimizer_states_with_dummy_values()
+            if hasattr(opt, "_init_optimizer_states_with_dummy_values"):
+                opt._init_optimizer_states_with_dummy_values()
+            else:  # megatron's FP32 / Float16 wrappers around a torch optimizer: one zero-gradient step
+                params = [p for group in inner.param_groups for p in group["params"]]
+                saved = [p.grad for p in params]
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+                inner.step()
+                for p, g in zip(params, saved):
+                    p.grad = g
         finally:
             for group, lr in zip(inner.param_groups, lrs):
                 group["lr"] = lr
+
+
+def optimizer_has_state(optimizer) -> bool:
+    """Whether the optimizer has taken a step (holds moments worth saving)."""
+    return any(len(getattr(opt, "optimizer", opt).state) > 0
+               for opt in getattr(optimizer, "chained_optimizers", None) or [optimizer])
 
 
 def _optimizer_sharded_state(optimizer, model_ssd, is_loading: bool):
@@ -315,6 +329,10 @@ def save_checkpoint(
     final = Path(path).absolute()
     tmp = final.with_name(final.name + INCOMPLETE_SUFFIX)
     rank = _rank()
+    if optimizer is not None and not optimizer_has_state(optimizer):
+        # Saved before the first update: there are no moments yet, and a resume starts the optimizer fresh.
+        logger.info("optimizer has not stepped yet: %s holds no optimizer state", final.name)
+        optimizer = None
     if rank == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
