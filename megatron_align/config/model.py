@@ -128,6 +128,17 @@ class ModelConfig:
     seed: int = 1234
     """Seed of the weight initialisation and of dropout."""
 
+    # ---- memory / precision options from NeMo command lines ----
+    megatron_amp_O2: bool = True
+    """Accepted for NeMo command lines; always on here: bf16/fp16 parameters with fp32 master weights in the
+    optimizer."""
+    activations_checkpoint_granularity: Optional[str] = None
+    """Activation recomputation: ``selective`` (core attention only), ``full`` or ``null`` (off)."""
+    activations_checkpoint_method: Optional[str] = None
+    """With ``full``: ``uniform`` or ``block`` (megatron's recompute_method)."""
+    activations_checkpoint_num_layers: Optional[int] = None
+    """With ``full``: layers per recomputed chunk (uniform) or recomputed layers per stage (block)."""
+
     # ---- batch sizes (NeMo keeps them in the model section) ----
     micro_batch_size: int = 1
     """Sequences per forward pass on one data-parallel rank."""

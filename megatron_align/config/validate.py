@@ -62,6 +62,11 @@ def validate_layout(cfg: Any, world_size: int | None = None) -> int:
         raise ConfigError(
             f"model.pipeline_model_parallel_size={pp} is more than model.num_layers={m.num_layers}: "
             "use at most one pipeline stage per layer", key="model.pipeline_model_parallel_size")
+    if m.activations_checkpoint_granularity is not None:
+        _one_of("model.activations_checkpoint_granularity", m.activations_checkpoint_granularity,
+                ("selective", "full"))
+        if m.activations_checkpoint_granularity == "full":
+            _one_of("model.activations_checkpoint_method", m.activations_checkpoint_method, ("uniform", "block"))
     if m.sequence_parallel and tp == 1:
         raise ConfigError(
             "model.sequence_parallel=True needs model.tensor_model_parallel_size > 1: set "

@@ -93,6 +93,11 @@ def transformer_config_from(cfg: ModelConfig, precision="32"):
         # Losses are summed per token and divided by the global token count after the DP all-reduce
         # (DESIGN.md habit 3): megatron's schedules and finalize_model_grads do exactly that with this flag.
         calculate_per_token_loss=True,
+        recompute_granularity=cfg.activations_checkpoint_granularity,
+        recompute_method=(cfg.activations_checkpoint_method
+                          if cfg.activations_checkpoint_granularity == "full" else None),
+        recompute_num_layers=(cfg.activations_checkpoint_num_layers or 1
+                              if cfg.activations_checkpoint_granularity == "full" else None),
     )
 
 
