@@ -2,6 +2,7 @@
 
     megatron-align demo [key=value ...]         short SFT of a tiny model on built-in data (the README's job)
     megatron-align convert --from-hf DIR --out CKPT | --to-hf CKPT --out DIR
+    megatron-align plot RUN_DIR                 PNG curves of a run's logged metrics (RUN_DIR/plots/)
     megatron-align version
 
 Sub-commands that take a config accept the seed documents' override syntax (``key=value``, ``++key=value``,
@@ -81,6 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_align.models.hf.cli import convert_main
 
         return convert_main(rest)
+    if cmd == "plot":
+        if len(rest) != 1:
+            print("usage: megatron-align plot RUN_DIR", file=sys.stderr)
+            return 2
+        from megatron_align.training.plot import plot_run
+
+        try:
+            paths = plot_run(rest[0])
+        except FileNotFoundError as e:
+            print(f"plot error: {e}", file=sys.stderr)
+            return 2
+        for path in paths:
+            print(path)
+        return 0
     if cmd == "version":
         from importlib.metadata import version
 

@@ -67,6 +67,12 @@ def test_demo_learns_and_saves_a_complete_checkpoint(tmp_path):
     assert [m["step"] for m in metrics] == list(range(1, 41))
     assert sum("val_loss" in m for m in metrics) == 2
     assert "val loss" in proc.stdout
+    plot = _cli("plot", str(run))
+    assert plot.returncode == 0, plot.stderr
+    assert (run / "plots" / "overview.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "plots" / "val_loss.png").is_file()
+    missing = _cli("plot", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and missing.stderr.startswith("plot error: ")
 
 
 @pytest.mark.distributed
