@@ -27,6 +27,8 @@ setup(
         "einops",
         "tensorboard",
         "matplotlib",
+        # data: tokenizers' own Jinja chat templates (model.data.chat_template=tokenizer).
+        "jinja2>=3.0",
     ],
     extras_require={
         "test": ["pytest>=8", "transformers>=4.45", "wandb"],

@@ -90,19 +90,10 @@ class DemoConfig(RunConfig):
 
 
 def _batches(samples, indices, seq_len, pad_id):
-    """Right-padded micro-batch dict from sample indices."""
-    b = len(indices)
-    tokens = torch.full((b, seq_len), pad_id, dtype=torch.long)
-    labels = torch.full((b, seq_len), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, seq_len), dtype=torch.float32)
-    for row, i in enumerate(indices):
-        ids, m = samples[i]
-        n = len(ids)
-        tokens[row, :n] = torch.tensor(ids)
-        labels[row, : n - 1] = torch.tensor(ids[1:])  # next-token targets
-        mask[row, : n - 1] = torch.tensor(m[1:], dtype=torch.float32)
-    pos = torch.arange(seq_len).unsqueeze(0).expand(b, -1).contiguous()
-    return {"tokens": tokens, "labels": labels, "loss_mask": mask, "position_ids": pos}
+    """Right-padded micro-batch dict (tokens, labels, loss_mask, position_ids) from sample indices."""
+    from megatron_align.data import collate
+
+    return collate([samples[i] for i in indices], pad_id, seq_length=seq_len).to_dict()
 
 
 def _prepare_data(cfg: DemoConfig, run_dir: Path):
@@ -121,27 +112,28 @@ def _prepare_data(cfg: DemoConfig, run_dir: Path):
 
 
 def _encode(path: Path, tokenizer, seq_len: int):
-    from megatron_align.data.nemo_chat import encode_chat
+    """Every sample of a chat JSONL file in NeMo's extra_id template (over-length ones dropped, counted)."""
+    from megatron_align.data import SampleRules, SFTFile
 
-    samples, dropped = [], 0
-    for line in open(path):
-        ids, mask = encode_chat(json.loads(line), tokenizer)
-        if len(ids) > seq_len:
-            dropped += 1  # the demo drops over-length samples (the SFT stage reports and truncates)
-            continue
-        samples.append((ids, mask))
-    if dropped:
-        logger.warning("%s: dropped %d samples longer than %d tokens", path, dropped, seq_len)
+    rules = SampleRules(chat=True, max_seq_length=seq_len, truncation_method="drop", add_eos=True)
+    data = SFTFile(path, tokenizer, rules, use_index_cache=False)
+    samples = data.samples()
+    data.report.report(logger)
     return samples
 
 
 def _greedy_answer(model, tokenizer, question: str, max_new: int = 24) -> str:
-    """Greedy continuation by full recompute (TP=1/PP=1 only; the KV-cache engine is the generation issue)."""
+    """Greedy continuation by full recompute (TP=1/PP=1 only; the KV-cache engine is the generation issue).
+
+    The prompt is the chat template's generation prompt tokenized whole, as in training; generation stops at
+    eos or at the turn-start marker that closes an answer.
+    """
+    from megatron_align.config.data import ChatPromptTokens
+    from megatron_align.data import Turn, chat_prompt
     from megatron_align.data.demo_data import SYSTEM
 
-    pieces = [f"<extra_id_0>System\n{SYSTEM}\n", "<extra_id_1>User\n", f"{question}\n",
-              "<extra_id_1>Assistant\n"]
-    ids = [i for p in pieces for i in tokenizer.text_to_ids(p)]
+    ids = tokenizer.text_to_ids(chat_prompt(SYSTEM, [Turn("User", question)]))
+    stop = {tokenizer.eos_id, tokenizer.token_to_id(ChatPromptTokens().turn_start)}
     out = []
     model.eval()
     with torch.no_grad():
@@ -149,7 +141,7 @@ def _greedy_answer(model, tokenizer, question: str, max_new: int = 24) -> str:
             t = torch.tensor([ids + out])
             pos = torch.arange(t.shape[1]).unsqueeze(0)
             nxt = int(model(t, pos, None)[0, -1, : tokenizer.vocab_size].argmax())
-            if nxt == tokenizer.eos_id:
+            if nxt in stop:
                 break
             out.append(nxt)
     model.train()

@@ -66,7 +66,8 @@ def validate_layout(cfg: Any, world_size: int | None = None) -> int:
         _one_of("model.activations_checkpoint_granularity", m.activations_checkpoint_granularity,
                 ("selective", "full"))
         if m.activations_checkpoint_granularity == "full":
-            _one_of("model.activations_checkpoint_method", m.activations_checkpoint_method, ("uniform", "block"))
+            _one_of("model.activations_checkpoint_method", m.activations_checkpoint_method,
+                    ("uniform", "block"))
     if m.sequence_parallel and tp == 1:
         raise ConfigError(
             "model.sequence_parallel=True needs model.tensor_model_parallel_size > 1: set "

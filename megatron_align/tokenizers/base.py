@@ -143,6 +143,16 @@ class AlignTokenizer(abc.ABC):
             out = [ids + [self.eos_id] for ids in out]
         return out
 
+    def text_to_ids_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of ``text`` (no bos/eos) and, per token, the ``[start, end)`` character span of ``text``
+        it covers (Python ``str`` indices).
+
+        Ids equal ``text_to_ids(text)``. Spans may be empty (a sentencepiece dummy-prefix piece, the leading
+        byte-fallback pieces of a character) or overlap (byte-level BPE pieces of one character). Data code
+        uses the spans to mark which tokens of a whole-string tokenization are answer tokens.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not report token offsets")
+
     def ids_to_text(self, ids: Iterable[int], skip_special: bool = True) -> str:
         """Text of ``ids``; ``skip_special`` drops bos/eos/pad ids (``<extra_id_*>`` and the like stay)."""
         ids = [int(i) for i in ids]

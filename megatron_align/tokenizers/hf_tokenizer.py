@@ -117,6 +117,12 @@ class HFTokenizer(AlignTokenizer):
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [enc.ids for enc in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    def text_to_ids_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        if not isinstance(text, str):
+            raise TypeError(f"text_to_ids expects str, got {type(text).__name__}")
+        enc = self._tok.encode(text, add_special_tokens=False)  # offsets are character offsets
+        return list(enc.ids), [tuple(o) for o in enc.offsets]
+
     def _decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import sentencepiece as spm
 
 from megatron_align.tokenizers import sp_proto
@@ -106,6 +107,26 @@ class SentencePieceTokenizer(AlignTokenizer):
     # ---------------------------------------- encode / decode
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int)
+
+    def text_to_ids_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        if not isinstance(text, str):
+            raise TypeError(f"text_to_ids expects str, got {type(text).__name__}")
+        try:  # sentencepiece >= 0.2.1: character offsets directly
+            enc = self._sp.encode(text, return_type="offset_mapping")
+            return list(enc["ids"]), [tuple(o) for o in enc["offsets"]]
+        except (ValueError, TypeError):
+            pass
+        pieces = self._sp.encode(text, return_type="proto").pieces  # older releases: UTF-8 byte offsets
+        ids = [p.id for p in pieces]
+        raw = text.encode("utf-8")
+        if len(raw) == len(text):
+            return ids, [(p.begin, p.end) for p in pieces]
+        lead = (np.frombuffer(raw, dtype=np.uint8) & 0xC0) != 0x80  # [n_bytes] True where a character starts
+        char_of_byte = np.append(np.cumsum(lead) - 1, len(text)).tolist()  # [n_bytes + 1]
+        lead = lead.tolist() + [True]
+        # a begin offset maps to the character it falls in; an end offset inside a character (byte-fallback
+        # pieces) rounds up to that character's end
+        return ids, [(char_of_byte[p.begin], char_of_byte[p.end] + (not lead[p.end])) for p in pieces]
 
     def _decode(self, ids: Sequence[int]) -> str:
         # sentencepiece drops control pieces (bos/eos/pad) when decoding; render those left as their text.
