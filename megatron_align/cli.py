@@ -12,15 +12,13 @@ happen only inside the sub-command, so ``--help`` and config errors are instant.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 
 def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("megatron", "torch", "py.warnings"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from megatron_align.log import setup_logging
+
+    setup_logging()
 
 
 def _launch_world_size() -> int:
