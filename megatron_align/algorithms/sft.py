@@ -215,6 +215,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     finally:
         metrics.close()
     summary["steps"] = step
+    summary["data_report"] = train_ds.report(logger)  # skipped / dropped / truncated counts per file
     return summary
 
 

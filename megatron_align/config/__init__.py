@@ -2,7 +2,7 @@
 layout validation and one-line config errors. Public API re-exported here.
 """
 
-from megatron_align.config.errors import ConfigError, cli_main, run_cli
+from megatron_align.config.errors import ConfigError, UserError, cli_main, run_cli
 from megatron_align.config.loader import from_yaml_file, load_config, merge_yaml_file, to_yaml
 from megatron_align.config.model import ModelConfig, OptimConfig, OptimSchedConfig, TokenizerConfig
 from megatron_align.config.overrides import (
@@ -44,6 +44,7 @@ __all__ = [
     "RunConfig",
     "TokenizerConfig",
     "TrainerConfig",
+    "UserError",
     "apply_override",
     "apply_overrides",
     "check_batch_sizes",

@@ -19,7 +19,18 @@ EXIT_CONFIG_ERROR = 2
 """Process exit status after a config error (usage error, as argparse uses)."""
 
 
-class ConfigError(Exception):
+class UserError(Exception):
+    """Base of the errors that are the user's to fix (bad config, data file, checkpoint, tokenizer): entry
+    points print them as one line (``<prefix>: <message>``) and exit with status 2, without a traceback."""
+
+    prefix = "error"
+
+    def user_line(self) -> str:
+        """The one line printed for the user."""
+        return f"{self.prefix}: {' '.join(str(self).split())}"
+
+
+class ConfigError(UserError):
     """A config mistake: ``message`` names the key and the fix; ``source`` says where the value came from."""
 
     def __init__(self, message: str, key: str | None = None, source: str | None = None):
@@ -31,9 +42,14 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         return f"{self.message} ({self.source})" if self.source else self.message
 
+    prefix = "config error"
+
     def line(self) -> str:
         """The line printed for the user: ``config error: <message> (<source>)``."""
         return f"config error: {self}"
+
+    def user_line(self) -> str:
+        return self.line()
 
 
 def _is_rank_zero() -> bool:
@@ -44,15 +60,21 @@ def _is_rank_zero() -> bool:
 
 
 def run_cli(main_fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``main_fn(*args, **kwargs)``; a ``ConfigError`` becomes one stderr line and exit status 2.
+    """Call ``main_fn(*args, **kwargs)``; a ``UserError`` (config, data, checkpoint, tokenizer) becomes one
+    stderr line and exit status 2.
 
     Every rank fails the same way, so only rank 0 prints (the others exit silently with the same status).
     """
     try:
         return main_fn(*args, **kwargs)
-    except ConfigError as err:
+    except UserError as err:
+        # A config error is the same on every rank: rank 0 speaks. A data or checkpoint error may hit one
+        # rank only (it read that record): every rank that hits it speaks, naming itself if it is not rank 0.
         if _is_rank_zero():
-            print(err.line(), file=sys.stderr, flush=True)
+            print(err.user_line(), file=sys.stderr, flush=True)
+        elif not isinstance(err, ConfigError):
+            rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID"))
+            print(f"[rank {rank}] {err.user_line()}", file=sys.stderr, flush=True)
         sys.exit(EXIT_CONFIG_ERROR)
 
 

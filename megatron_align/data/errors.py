@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from megatron_align.config.data import ON_BAD_RECORD
+from megatron_align.config.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A malformed data file or record; ``str()`` is one line: ``file:line: field: what is wrong``."""
 
     def __init__(self, path: str | os.PathLike, line: int | None, field: str | None, problem: str):
@@ -44,6 +45,8 @@ class DataError(ValueError):
     def __str__(self) -> str:
         where = self.path if self.line is None else f"{self.path}:{self.line}"
         return f"{where}: {self.field}: {self.problem}" if self.field else f"{where}: {self.problem}"
+
+    prefix = "data error"
 
 
 class RecordError(ValueError):

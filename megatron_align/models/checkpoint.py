@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from megatron_align.config.errors import UserError
 from megatron_align.config.model import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,10 @@ INCOMPLETE_SUFFIX = ".incomplete"
 _METADATA = "metadata.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint directory that cannot be used (missing, incomplete, unsafe, wrong model)."""
+
+    prefix = "checkpoint error"
 
 
 # ----------------------------------------------------------------------------------------------------------

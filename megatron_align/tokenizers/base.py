@@ -22,6 +22,8 @@ import abc
 import logging
 from collections.abc import Iterable, Sequence
 
+from megatron_align.config.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 EXTRA_ID_TOKENS: tuple[str, ...] = ("<extra_id_0>", "<extra_id_1>", "<extra_id_2>")
@@ -31,8 +33,10 @@ METADATA_FILE = "megatron_align_tokenizer.json"
 """Written by ``AlignTokenizer.save`` beside the tokenizer files; names the library that reads them."""
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A user-facing problem with a tokenizer file or option; the message is one line naming the file."""
+
+    prefix = "tokenizer error"
 
 
 class AlignTokenizer(abc.ABC):

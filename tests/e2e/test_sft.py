@@ -138,3 +138,24 @@ def test_tp2_and_pp2_follow_the_tp1_loss_trajectory(sft_data, tmp_path, megatron
         assert len(got) == 3
         for a, b in zip(expected, got):
             assert abs(a - b) <= 2e-5 * max(1.0, abs(a)), (layout, expected, got)
+
+
+def test_bad_data_one_line_error_or_skipped_and_counted(sft_data, tmp_path):
+    lines = FIXTURE.read_text().splitlines()[:6]
+    bad = tmp_path / "bad.jsonl"
+    broken = ['{"system": "", "mask": "User", "conversations": [{"from": "Bot", "value": "hi"}]}',
+              "{not json"]
+    bad.write_text("\n".join(lines[:2] + broken + lines[2:]) + "\n")
+    args = [f"model.data.train_ds.file_path={bad}", "model.data.validation_ds.file_path=null",
+            "trainer.sft.max_steps=3", "trainer.sft.save_interval=100", "trainer.sft.val_check_interval=100"]
+    err = _run(_args(sft_data, tmp_path / "err", *args))
+    assert err.returncode == 2, err.stderr[-3000:]
+    last = err.stderr.strip().splitlines()[-1]
+    # the sampler's shuffled order decides which bad line is met first
+    assert (last.startswith(f"data error: {bad}:3: conversations[0].from: unknown role 'Bot'")
+            or last.startswith(f"data error: {bad}:4: (record): invalid JSON")), last
+    assert "Traceback" not in err.stderr
+    skip = _run(_args(sft_data, tmp_path / "skip", *args, "model.data.train_ds.on_bad_record=skip"))
+    assert skip.returncode == 0, skip.stderr[-3000:]
+    assert "Traceback" not in skip.stderr
+    assert "bad_record" in skip.stderr and ":4:" in skip.stderr  # both bad lines reported, with positions
