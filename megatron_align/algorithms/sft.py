@@ -77,6 +77,22 @@ class SFTConfig(RunConfig):
     trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
     model: SFTModelConfig = field(default_factory=SFTModelConfig)
 
+    def resolve(self) -> SFTConfig:
+        """Take the architecture from ``model.restore_from_path``'s checkpoint (it decides the model)."""
+        path = self.model.restore_from_path
+        if not path:
+            return self
+        config_file = Path(path) / "model_config.yaml"
+        if not config_file.is_file():
+            raise ConfigError(f"model.restore_from_path={path}: not a megatron_align checkpoint (no "
+                              "model_config.yaml); convert HF weights with "
+                              "`megatron-align convert --from-hf`",
+                              key="model.restore_from_path")
+        from megatron_align.config import from_yaml_file
+
+        restored = from_yaml_file(ModelConfig, config_file)
+        return dataclasses.replace(self, model=_merge_architecture(self.model, restored))
+
     def validate(self, world_size: int) -> None:
         from megatron_align.config import check_batch_sizes
 

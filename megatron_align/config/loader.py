@@ -60,8 +60,9 @@ def load_config(schema_cls: type[T], yaml_path: PathLike | None = None, override
     """Build a ``schema_cls`` instance: its defaults, then ``yaml_path`` (optional), then ``overrides``.
 
     Interpolations (``${model.encoder_seq_length}``) are resolved. With ``validate`` (the default) and a
-    schema that has ``trainer`` and ``model`` sections, :func:`validate_layout` runs, and then the schema's
-    own ``validate(self, world_size)`` method if it defines one (where a stage checks its batch sizes, ...).
+    schema that has ``trainer`` and ``model`` sections, the schema's ``resolve(self) -> cfg`` runs if it
+    defines one, then :func:`validate_layout`, then the schema's own ``validate(self, world_size)`` method if
+    it defines one (where a stage checks its batch sizes, ...).
     Every mistake raises :class:`ConfigError` (one line, naming key, fix and source).
     """
     tree = ConfigTree(schema_cls)
@@ -71,6 +72,11 @@ def load_config(schema_cls: type[T], yaml_path: PathLike | None = None, override
     cfg = tree.to_object()
     if validate and hasattr(cfg, "trainer") and hasattr(cfg, "model"):
         try:
+            # A stage may complete its config from elsewhere first (e.g. the architecture stored in the
+            # checkpoint named by model.restore_from_path), so that validation sees the real model.
+            resolve = getattr(cfg, "resolve", None)
+            if callable(resolve):
+                cfg = resolve()
             ws = validate_layout(cfg, world_size)
             stage_check = getattr(cfg, "validate", None)
             if callable(stage_check):
