@@ -103,6 +103,11 @@ class SFTConfig(RunConfig):
         if not ds.file_path:
             raise ConfigError("model.data.train_ds.file_path is not set: give the training JSONL file(s)",
                               key="model.data.train_ds.file_path")
+        for split in ("train_ds", "validation_ds"):
+            if getattr(self.model.data, split).packed_sequence:
+                # megatron_align.data packs rows (collate_packed); the SFT loop does not feed them yet.
+                raise ConfigError(f"model.data.{split}.packed_sequence=True is not supported by the SFT "
+                                  "trainer yet: set it to False", key=f"model.data.{split}.packed_sequence")
 
 
 def run_dir_of(cfg: RunConfig) -> Path:
