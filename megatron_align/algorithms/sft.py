@@ -103,11 +103,14 @@ class SFTConfig(RunConfig):
         if not ds.file_path:
             raise ConfigError("model.data.train_ds.file_path is not set: give the training JSONL file(s)",
                               key="model.data.train_ds.file_path")
-        for split in ("train_ds", "validation_ds"):
-            if getattr(self.model.data, split).packed_sequence:
-                # megatron_align.data packs rows (collate_packed); the SFT loop does not feed them yet.
-                raise ConfigError(f"model.data.{split}.packed_sequence=True is not supported by the SFT "
-                                  "trainer yet: set it to False", key=f"model.data.{split}.packed_sequence")
+        if ds.packed_sequence and pp > 1:
+            raise ConfigError("model.data.train_ds.packed_sequence=True with pipeline parallelism: packed "
+                              "steps have a varying number of rows; use it with "
+                              "model.pipeline_model_parallel_size=1",
+                              key="model.data.train_ds.packed_sequence")
+        if self.model.data.validation_ds.packed_sequence:
+            raise ConfigError("model.data.validation_ds.packed_sequence=True: validation batches are padded, "
+                              "set it to False", key="model.data.validation_ds.packed_sequence")
 
 
 def run_dir_of(cfg: RunConfig) -> Path:
@@ -128,6 +131,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     """Train; returns a summary (first/last loss, validation losses, checkpoint paths)."""
     from megatron.core import parallel_state as ps
 
+    from megatron_align.data.collate import collate_packed
+    from megatron_align.data.packing import pack_samples
     from megatron_align.data.sft import build_sft_datasets, collate_sft
     from megatron_align.distributed import start
     from megatron_align.models.checkpoint import load_checkpoint, read_model_config
@@ -195,8 +200,17 @@ def run_sft(cfg: SFTConfig) -> dict:
     val_batches = _val_microbatches(val_ds, sft.limit_val_batches, m.data.validation_ds, dp_rank, dp,
                                     tokenizer.pad_id, seq_len, collate_sft)
 
-    def make(indices):
-        return collate_sft([train_ds[i] for i in indices], pad_id=tokenizer.pad_id, seq_length=seq_len)
+    def step_microbatches(index_lists: list[list[int]]) -> list:
+        """This rank's micro-batches of one step: padded rows, or packed rows (``packed_sequence``)."""
+        if not tds.packed_sequence:
+            return [collate_sft([train_ds[i] for i in ix], pad_id=tokenizer.pad_id, seq_length=seq_len)
+                    for ix in index_lists]
+        # The rank's samples of this step, packed into rows of seq_len (fewer, fuller rows); the number of
+        # micro-batches may differ between steps and ranks, the per-token loss normalization does not care.
+        rows = pack_samples([train_ds[i] for ix in index_lists for i in ix], seq_len)
+        mbs = tds.micro_batch_size
+        return [collate_packed(rows[i:i + mbs], pad_id=tokenizer.pad_id, seq_length=seq_len)
+                for i in range(0, len(rows), mbs)]
 
     summary: dict = {"run_dir": str(run_dir), "resumed_from_step": step, "losses": {}, "val_losses": {}}
     consecutive_bad = int(state.get("consecutive_nonfinite", 0))
@@ -205,7 +219,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         while step < max_steps:
             lr = lr_at(step, m.optim, max_steps)
             apply_lr(optimizer, lr)
-            microbatches = [make(ix) for ix in sampler.microbatches(consumed)]
+            microbatches = step_microbatches(sampler.microbatches(consumed))
             res = train_step(ddp, optimizer, microbatches, seq_len, tds.micro_batch_size)
             step += 1
             consumed += tds.global_batch_size

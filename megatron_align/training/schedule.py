@@ -26,8 +26,11 @@ def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 def lm_forward_step(data_iterator, model):
     """megatron forward_step_func for causal-LM training batches (tokens, labels, loss_mask, position_ids)."""
     batch = next(data_iterator)
+    mask = batch.get("attention_mask")
+    if mask is None and batch.get("cu_seqlens") is not None:
+        mask = batch.attention_mask()  # packed rows: [B, 1, S, S], causal within each sample only
     output = model(
-        batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"]
+        batch["tokens"], batch["position_ids"], mask, labels=batch["labels"]
     )  # [B, S] per-token loss on the last stage, hidden states elsewhere
     return output, partial(lm_loss_func, batch["loss_mask"])
 

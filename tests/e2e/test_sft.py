@@ -159,3 +159,17 @@ def test_bad_data_one_line_error_or_skipped_and_counted(sft_data, tmp_path):
     assert skip.returncode == 0, skip.stderr[-3000:]
     assert "Traceback" not in skip.stderr
     assert "bad_record" in skip.stderr and ":4:" in skip.stderr  # both bad lines reported, with positions
+
+
+def test_packed_sequence_run_matches_padded_run(sft_data, tmp_path):
+    """Same samples per step, packed into fewer rows: the same trained tokens and (to fp error) losses."""
+    common = ["trainer.sft.max_steps=3", "trainer.sft.save_interval=100",
+              "trainer.sft.val_check_interval=100", "model.data.train_ds.global_batch_size=8"]
+    padded = _run(_args(sft_data, tmp_path / "padded", *common))
+    packed = _run(_args(sft_data, tmp_path / "packed", *common, "model.data.train_ds.packed_sequence=True"))
+    assert padded.returncode == 0, padded.stderr[-3000:]
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    a, b = _metrics(tmp_path / "padded"), _metrics(tmp_path / "packed")
+    assert [r["trained_tokens"] for r in a] == [r["trained_tokens"] for r in b]
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) <= 1e-4 * abs(x["loss"]), (x, y)
