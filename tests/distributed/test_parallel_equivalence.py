@@ -15,20 +15,13 @@ from megatron_align.models.gpt import build_gpt_model
 from megatron_align.models.reward import build_reward_model
 from megatron_align.training.schedule import forward_backward
 from megatron_align.training.setup import prepare_for_training
+from tests.distributed.workers.parity_worker import _microbatches
 from tests.helpers import WORKERS, positions, run_ranks, tiny_gpt2, tiny_llama, tokens
 
 pytestmark = pytest.mark.distributed
 
 WORKER = WORKERS / "parity_worker.py"
 NUM_MB = 2
-
-
-def _microbatches(tok, n):
-    labels = torch.roll(tok, -1, dims=1)
-    mask = torch.ones_like(tok, dtype=torch.float32)
-    mask[:, -1] = 0
-    return [{"tokens": t, "labels": lab, "loss_mask": m, "position_ids": positions(t)}
-            for t, lab, m in zip(tok.chunk(n), labels.chunk(n), mask.chunk(n))]
 
 
 def _logits(model, tok, vocab):
