@@ -1,8 +1,9 @@
 """Process start: one entry for torchrun, srun and plain single-process runs.
 
 ``start(tp, pp, seed)`` reads the launcher's environment, initialises ``torch.distributed`` (NCCL when CUDA is
-present, gloo otherwise), switches on the CPU compatibility layer when there is no GPU, builds megatron's
-parallel groups and seeds every RNG. ``shutdown()`` undoes it.
+present, gloo otherwise), switches on the CPU compatibility layer and the CPU malloc tuning
+(``cpu_malloc.py``) when there is no GPU, builds megatron's parallel groups and seeds every RNG.
+``shutdown()`` undoes it.
 
 Launchers understood (first match wins):
 - torchrun / torch.distributed.run: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
@@ -27,7 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from megatron_align.distributed import cpu_compat
+from megatron_align.distributed import cpu_compat, cpu_malloc
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def start(
     use_cuda = torch.cuda.is_available()
     if not use_cuda:
         cpu_compat.enable_cpu_compat()
+        cpu_malloc.tune_cpu_malloc()
     if not torch.distributed.is_initialized():
         if use_cuda:
             torch.cuda.set_device(env.local_rank)

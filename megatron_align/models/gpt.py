@@ -6,7 +6,8 @@ Two families are covered by one builder:
 - GPT-2 family: LayerNorm, GELU (tanh approximation), learned absolute positions, biases everywhere, tied.
 
 Megatron's ``TransformerConfig`` is derived here once and never mutated afterwards (DESIGN.md, Config).
-The layer spec is Transformer Engine's when TE imports on a CUDA machine, megatron's local spec otherwise.
+The layer spec is Transformer Engine's when TE imports on a CUDA machine, megatron's local spec otherwise
+(with torch SDPA as its core attention, ``models/attention.py``).
 """
 
 from __future__ import annotations
@@ -93,11 +94,14 @@ def transformer_config_from(cfg: ModelConfig, precision="32"):
         # Losses are summed per token and divided by the global token count after the DP all-reduce
         # (DESIGN.md habit 3): megatron's schedules and finalize_model_grads do exactly that with this flag.
         calculate_per_token_loss=True,
-        recompute_granularity=cfg.activations_checkpoint_granularity,
+        # megatron's recompute reads CUDA RNG states, which the CPU layer does not emulate: off on CPU.
+        recompute_granularity=cfg.activations_checkpoint_granularity if torch.cuda.is_available() else None,
         recompute_method=(cfg.activations_checkpoint_method
-                          if cfg.activations_checkpoint_granularity == "full" else None),
+                          if cfg.activations_checkpoint_granularity == "full" and torch.cuda.is_available()
+                          else None),
         recompute_num_layers=(cfg.activations_checkpoint_num_layers or 1
-                              if cfg.activations_checkpoint_granularity == "full" else None),
+                              if cfg.activations_checkpoint_granularity == "full" and torch.cuda.is_available()
+                              else None),
     )
 
 
@@ -112,13 +116,22 @@ def _te_usable() -> bool:
 
 
 def layer_spec(cfg: ModelConfig):
-    """Transformer Engine layer spec on CUDA with TE installed, megatron's local spec otherwise."""
+    """Transformer Engine layer spec on CUDA with TE installed, megatron's local spec otherwise.
+
+    In the local spec, core attention is ``models.attention.SDPADotProductAttention`` (megatron's
+    ``DotProductAttention`` whose causal / unmasked case runs as one torch SDPA call: same math, one blocked
+    kernel instead of baddbmm + masked_fill + softmax + bmm; see docs/benchmarks.md).
+    """
     from megatron.core.models.gpt import gpt_layer_specs as specs
+
+    from megatron_align.models.attention import SDPADotProductAttention
 
     if _te_usable():
         return specs.get_gpt_layer_with_transformer_engine_spec()
     norm = "RMSNorm" if cfg.normalization == "rmsnorm" else "LayerNorm"
-    return specs.get_gpt_layer_local_spec(normalization=norm)
+    spec = specs.get_gpt_layer_local_spec(normalization=norm)
+    spec.submodules.self_attention.submodules.core_attention = SDPADotProductAttention
+    return spec
 
 
 def gpt_model_kwargs(

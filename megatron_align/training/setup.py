@@ -9,6 +9,10 @@ need.
   gradient clipping;
 - ``finalize_model_grads_func`` and ``no_sync_func`` set on the model config, as megatron's own training loop
   does: the schedules read them from there (this is megatron's contract, not a mutation of our choices).
+
+Without TE/apex (CPU runs) megatron falls back to ``torch.optim.AdamW`` with its default implementation, which
+on CPU is a Python loop of ~10 elementwise ops per parameter; ``_fuse_torch_adam`` switches those param groups
+to torch's fused CPU kernel (same AdamW update, one pass per parameter).
 """
 
 from __future__ import annotations
@@ -63,6 +67,33 @@ def prepare_for_training(model, optim_cfg: OptimConfig, precision="32", clip_gra
         clip_grad=clip_grad,
     )
     optimizer = get_megatron_optimizer(opt_config, [ddp], use_gloo_process_groups=False)
+    _fuse_torch_adam(optimizer)
     config.finalize_model_grads_func = finalize_model_grads
     config.no_sync_func = ddp.no_sync
     return ddp, optimizer
+
+
+def _torch_optimizers(optimizer):
+    """The torch optimizers inside megatron's (possibly chained) optimizer wrapper."""
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    return [inner for o in chained if (inner := getattr(o, "optimizer", None)) is not None]
+
+
+def _fuse_torch_adam(optimizer) -> None:
+    """Use torch's fused Adam/AdamW kernel for param groups that live on the CPU.
+
+    Megatron builds ``torch.optim.AdamW(params, lr, weight_decay, betas, eps)`` when TE and apex are absent;
+    torch then picks its single-tensor loop on CPU (foreach kernels are GPU-only). ``fused`` is a per-group
+    option that torch reads at every ``step()``, so setting it on the groups of the optimizer we were handed
+    is a configuration choice, not a patch. Math: the same AdamW update (torch tests the fused kernels
+    against the loop); the step counter stays a float32 CPU tensor, so checkpoints keep their layout.
+    """
+    for opt in _torch_optimizers(optimizer):
+        if not isinstance(opt, torch.optim.Adam):  # AdamW subclasses Adam
+            continue
+        for group in opt.param_groups:
+            if group.get("differentiable") or group.get("capturable"):
+                continue
+            if all(p.device.type == "cpu" and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                   for p in group["params"]):
+                group["foreach"], group["fused"] = False, True
