@@ -95,7 +95,8 @@ def transformer_config_from(cfg: ModelConfig, precision="32"):
         # (DESIGN.md habit 3): megatron's schedules and finalize_model_grads do exactly that with this flag.
         calculate_per_token_loss=True,
         # megatron's recompute reads CUDA RNG states, which the CPU layer does not emulate: off on CPU.
-        recompute_granularity=cfg.activations_checkpoint_granularity if torch.cuda.is_available() else None,
+        recompute_granularity=(cfg.activations_checkpoint_granularity
+                               if torch.cuda.is_available() else None),
         recompute_method=(cfg.activations_checkpoint_method
                           if cfg.activations_checkpoint_granularity == "full" and torch.cuda.is_available()
                           else None),
