@@ -56,6 +56,7 @@ def transformer_config_from(cfg: ModelConfig, precision="32"):
 
     act, glu = _activation(cfg)
     dtype = precision_dtype(precision)
+    full_recompute = cfg.activations_checkpoint_granularity == "full" and torch.cuda.is_available()
     return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
@@ -97,12 +98,8 @@ def transformer_config_from(cfg: ModelConfig, precision="32"):
         # megatron's recompute reads CUDA RNG states, which the CPU layer does not emulate: off on CPU.
         recompute_granularity=(cfg.activations_checkpoint_granularity
                                if torch.cuda.is_available() else None),
-        recompute_method=(cfg.activations_checkpoint_method
-                          if cfg.activations_checkpoint_granularity == "full" and torch.cuda.is_available()
-                          else None),
-        recompute_num_layers=(cfg.activations_checkpoint_num_layers or 1
-                              if cfg.activations_checkpoint_granularity == "full" and torch.cuda.is_available()
-                              else None),
+        recompute_method=cfg.activations_checkpoint_method if full_recompute else None,
+        recompute_num_layers=(cfg.activations_checkpoint_num_layers or 1) if full_recompute else None,
     )
 
 
