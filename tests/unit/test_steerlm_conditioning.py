@@ -10,7 +10,8 @@ from megatron_align.data.nemo_chat import encode_chat
 from megatron_align.tokenizers import train_sentencepiece
 from tests.helpers import ROOT
 
-SEED = ROOT.parent / "shared" / "seeds" / "001_c0b1a6533b5f01b8.txt"
+# the SFT command of the SteerLM seed (shared/seeds/001_c0b1a6533b5f01b8.txt), copied as the user wrote it
+SEED_COMMAND = ROOT / "tests" / "data" / "seed_sft_command.txt"
 LABEL_HI = ("quality:4,toxicity:0,humor:4,creativity:4,helpfulness:4,correctness:4,coherence:4,complexity:2,"
             "verbosity:2")
 LABEL_LO = ("quality:0,toxicity:0,humor:0,creativity:0,helpfulness:0,correctness:0,coherence:0,complexity:0,"
@@ -67,9 +68,7 @@ def test_label_line_in_prompt_and_label_changes_the_loss(tmp_path, megatron_sing
 
 def _seed_sft_overrides():
     """The seed document's train_gpt_sft.py command, as key=value overrides."""
-    text = SEED.read_text()
-    start = text.index("python examples/nlp/gpt/train_gpt_sft.py")
-    block = text[start:text.index("Run Inference", start)]
+    block = SEED_COMMAND.read_text()
     out = []
     for line in block.splitlines()[1:]:
         item = line.strip().rstrip("\\").strip()
