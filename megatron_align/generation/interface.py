@@ -1,0 +1,91 @@
+"""The generation interface every iterative stage and the HTTP server call.
+
+``SamplingParams`` carries the knobs NeMo users know (same names as NeMo's ``inference.*`` and
+``PUT /generate`` fields). ``GenerationBackend.generate`` takes prompts as strings or token-id lists and
+returns, per sample, the prompt+response token ids, lengths, the per-token log-probs of the generated tokens
+and ``is_end`` (stopped by eos or an end string rather than by the length limit).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """Sampling settings (NeMo names). ``greedy=True`` ignores temperature/top_k/top_p."""
+
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 0.0  # 0.0 or 1.0: off
+    repetition_penalty: float = 1.0
+    tokens_to_generate: int = 64  # NeMo: length_params.max_length
+    min_tokens_to_generate: int = 0  # NeMo: length_params.min_length
+    end_strings: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
+    add_BOS: bool = False
+    random_seed: Optional[int] = None
+    compute_logprob: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field for out-of-range values."""
+        if self.temperature <= 0 and not self.greedy:
+            raise ValueError("temperature: must be > 0 (or set greedy=True)")
+        if self.top_k < 0:
+            raise ValueError("top_k: must be >= 0")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError("top_p: must be in [0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty: must be > 0")
+        if self.tokens_to_generate < 0:
+            raise ValueError("tokens_to_generate: must be >= 0")
+        if not 0 <= self.min_tokens_to_generate <= max(self.tokens_to_generate, 0):
+            raise ValueError("min_tokens_to_generate: must be in [0, tokens_to_generate]")
+
+
+@dataclass
+class GenerationOutput:
+    """Result for a batch of B prompts.
+
+    tokens:         [B, T] int64, prompt followed by response, right-padded with the pad/eos id
+    prompt_lengths: [B] int64
+    lengths:        [B] int64, prompt + response length (response ends at the eos / end string inclusive)
+    logprobs:       [B, T - 1] fp32, log p(tokens[:, t+1] | tokens[:, :t+1]) at generated positions, 0
+                    elsewhere (None when compute_logprob is False)
+    is_end:         [B] bool, stopped by eos or an end string (False: hit tokens_to_generate)
+    texts:          decoded prompt+response strings when a tokenizer is attached, else None
+    """
+
+    tokens: torch.Tensor
+    prompt_lengths: torch.Tensor
+    lengths: torch.Tensor
+    logprobs: Optional[torch.Tensor]
+    is_end: torch.Tensor
+    texts: Optional[list[str]] = None
+
+    def response_ids(self, i: int) -> list[int]:
+        """Generated token ids of sample ``i`` (without the prompt)."""
+        return self.tokens[i, int(self.prompt_lengths[i]):int(self.lengths[i])].tolist()
+
+
+Prompts = Union[Sequence[str], Sequence[Sequence[int]]]
+
+
+class GenerationBackend(abc.ABC):
+    """Backend-independent generation. Collective across the model's TP/PP ranks: every rank calls
+    ``generate`` with the same prompts and params and receives the same output."""
+
+    @abc.abstractmethod
+    def generate(self, prompts: Prompts, params: SamplingParams) -> GenerationOutput:
+        """Generate continuations for ``prompts`` (strings need a tokenizer attached)."""
+
+    def refit(self, model) -> None:  # noqa: B027 - optional hook
+        """Push the policy's current weights into the engine (no-op for backends that read the live model)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engine resources."""
