@@ -16,7 +16,7 @@ def token_logprobs(logits: torch.Tensor, target: torch.Tensor, temperature: floa
     logits: [..., V] any float dtype (computed in fp32); target: [...] int64
     returns (logprobs [...] fp32, entropy [...] fp32); both 0 where target == ignore_index.
     """
-    z = logits.float() / temperature  # [..., V]
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # [..., V], fp32 or fp64
     logp_all = torch.log_softmax(z, dim=-1)
     keep = target != ignore_index
     safe = torch.where(keep, target, torch.zeros_like(target))

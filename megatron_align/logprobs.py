@@ -1,0 +1,79 @@
+"""The one entry point alignment losses use for per-token log-probs of chosen tokens.
+
+Every loss here (DPO family, EXO, SteerLM 2.0, self-rewarding, reward-weighted SFT) starts from
+log p(y_t | y_<t) under a vocab-parallel output layer. This module adapts shapes and masks and dispatches to
+``kernels``:
+
+- ``token_logprobs``: from the logits a megatron ``GPTModel`` returns (``[B, S, V/tp]``, or ``[S, B, V/tp]``
+  with ``sequence_first=True``), never materializing a softmax (kernels/vocab_parallel_logprobs.py);
+- ``fused_lm_head_logprobs``: from the final hidden states and the output weight, never materializing the
+  logits (kernels/fused_linear_logprobs.py);
+- ``group_log_softmax`` / ``group_kl``: softmax over ragged groups of responses (SteerLM 2.0's importance
+  weights, EXO's K-sample distributions; kernels/group_softmax.py).
+
+Backends: CUDA tensors use the compiled Triton kernels, CPU tensors a memory-light chunked torch path (same
+algorithm); ``backend="triton"`` on CPU runs the kernels through Triton's interpreter (tests). Process groups
+are arguments: nothing here reads megatron's global parallel state (pass ``tp_group=
+parallel_state.get_tensor_model_parallel_group()`` from the caller).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from kernels.vocab_parallel_logprobs import vocab_parallel_logprobs
+
+__all__ = ["token_logprobs", "sequence_logprobs"]
+
+
+def _masked_target(target: torch.Tensor, loss_mask: Optional[torch.Tensor],
+                   ignore_index: int) -> torch.Tensor:
+    if loss_mask is None:
+        return target
+    if loss_mask.shape != target.shape:
+        raise ValueError(f"loss_mask {tuple(loss_mask.shape)} must match target {tuple(target.shape)}")
+    return torch.where(loss_mask.bool(), target, torch.full_like(target, ignore_index))
+
+
+def token_logprobs(logits: torch.Tensor, target: torch.Tensor, *, tp_group=None, temperature: float = 1.0,
+                   ignore_index: int = -100, loss_mask: Optional[torch.Tensor] = None,
+                   return_entropy: bool = False, sequence_first: bool = False, backend: str = "auto",
+                   block: Optional[int] = None):
+    """log p(target) per token from vocab-parallel logits.
+
+    logits: [B, S, V/tp] (or [S, B, V/tp] with sequence_first=True; or [N, V/tp]), fp32/bf16/fp16
+    target: [B, S] (or [N]) global token ids; positions equal to ignore_index, or where loss_mask == 0, give 0
+            and no gradient
+    returns logprobs [B, S] fp32, or (logprobs, entropy) when return_entropy
+    """
+    target = _masked_target(target, loss_mask, ignore_index)
+    if sequence_first:
+        if logits.dim() != 3:
+            raise ValueError("sequence_first=True expects logits [S, B, V/tp]")
+        target = target.t()  # [B, S] -> [S, B], matching the logits' layout
+    if logits.shape[:-1] != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} disagree "
+                         f"(sequence_first={sequence_first})")
+    lead = target.shape
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # [N, V/tp], a view for contiguous logits
+    logp, ent = vocab_parallel_logprobs(flat_logits, target.reshape(-1), group=tp_group,
+                                        temperature=temperature, ignore_index=ignore_index,
+                                        return_entropy=return_entropy, backend=backend, block=block)
+    logp = logp.view(lead)
+    ent = ent.view(lead) if ent is not None else None
+    if sequence_first:
+        logp = logp.t()
+        ent = ent.t() if ent is not None else None
+    return (logp, ent) if return_entropy else logp
+
+
+def sequence_logprobs(token_lp: torch.Tensor, loss_mask: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """Sum (or mean) of per-token log-probs over each sequence's response tokens.
+
+    token_lp: [B, S] fp32; loss_mask: [B, S] (1 on response tokens) -> [B]
+    """
+    mask = loss_mask.to(token_lp.dtype)
+    total = (token_lp * mask).sum(-1)
+    return total / mask.sum(-1).clamp_min(1.0) if average else total
