@@ -141,32 +141,39 @@ def _rows_per_chunk(v_local: int, chunk_bytes: int) -> int:
     return max(1, chunk_bytes // max(1, 4 * v_local))
 
 
+def _scaled_fp32(x_rows: torch.Tensor, inv_t: float) -> torch.Tensor:
+    """z = x / T in fp32 for a chunk of rows: the input view itself when no conversion is needed (callers
+    never write to it), else one fp32 temporary."""
+    if x_rows.dtype == torch.float32 and inv_t == 1.0:
+        return x_rows
+    z = x_rows.to(torch.float32, copy=True)
+    return z.mul_(inv_t) if inv_t != 1.0 else z
+
+
 def _torch_forward(x, target, vocab_start, temperature, with_entropy, chunk_bytes):
     n, v_local = x.shape
+    inv_t = 1.0 / temperature
     lse = torch.empty(n, device=x.device, dtype=torch.float32)
     mean_z = torch.empty_like(lse) if with_entropy else None
     # 1. the target's scaled logit (gathered from the input; 0 when another rank holds it)
     local_t = target - vocab_start
     here = (local_t >= 0) & (local_t < v_local)
-    tgt = x.gather(1, torch.where(here, local_t, 0).unsqueeze(1)).squeeze(1).float() / temperature
+    tgt = x.gather(1, torch.where(here, local_t, 0).unsqueeze(1)).squeeze(1).float() * inv_t
     tgt = torch.where(here, tgt, 0.0)
-    # 2. per chunk of rows: z = x / T in fp32 (a copy: the input is never modified), local lse and E[z]
+    # 2. per chunk of rows: local lse (and E[z]) of z = x / T; the input is only read
     step = _rows_per_chunk(v_local, chunk_bytes)
     for i in range(0, n, step):
-        z = x[i:i + step].to(torch.float32, copy=True)  # [r, V/tp]
-        if temperature != 1.0:
-            z.mul_(1.0 / temperature)
+        z = _scaled_fp32(x[i:i + step], inv_t)  # [r, V/tp]
         lse_c = torch.logsumexp(z, dim=1)  # [r]
         lse[i:i + step] = lse_c
         if with_entropy:
-            # E_p[z] = sum_j p_j z_j, as one matrix-vector product per row (no second temporary)
+            # E_p[z] = sum_j p_j z_j as a row-wise dot product; p = 0 where z = -inf contributes 0, not nan
             p = torch.exp(z - lse_c.unsqueeze(1))
-            z.clamp_(min=torch.finfo(torch.float32).min)  # p = 0 where z = -inf: contributes 0, not nan
-            mean_z[i:i + step] = torch.linalg.vecdot(p, z)
+            mean_z[i:i + step] = torch.linalg.vecdot(p, z.clamp(min=torch.finfo(torch.float32).min))
     return lse, tgt, mean_z
 
 
-def _torch_backward(x, target, lse, mean_z, g_lp, g_ent, vocab_start, temperature, chunk_bytes):
+def _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start, temperature, chunk_bytes):
     n, v_local = x.shape
     grad = torch.empty_like(x)
     inv_t = 1.0 / temperature
@@ -174,26 +181,27 @@ def _torch_backward(x, target, lse, mean_z, g_lp, g_ent, vocab_start, temperatur
     here = (local_t >= 0) & (local_t < v_local)
     step = _rows_per_chunk(v_local, chunk_bytes)
     in_place = grad.dtype == torch.float32  # work directly in the gradient's own storage
+    # p_j = exp(z_j - lse) = softmax_local(z)_j * exp(lse_local - lse): the local softmax is one fused pass
+    rescale = torch.exp(local_lse - lse)  # [N], 1 at TP=1
     for i in range(0, n, step):
         j = min(i + step, n)
+        z = _scaled_fp32(x[i:j], inv_t)  # [r, V/tp]
         work = grad[i:j] if in_place else torch.empty((j - i, v_local), dtype=torch.float32, device=x.device)
-        work.copy_(x[i:j])
-        if temperature != 1.0:
-            work.mul_(inv_t)  # z
         if g_ent is not None:
-            p = torch.exp(work - lse[i:j].unsqueeze(1))
-            work.clamp_(min=torch.finfo(torch.float32).min)  # p = 0 where z = -inf: 0, not nan
-            # dz = -g_lp p - g_ent p (z - E[z])  =  p * (-(g_ent (z - E[z]) + g_lp))
-            work.sub_(mean_z[i:j].unsqueeze(1)).mul_(g_ent[i:j].unsqueeze(1)).add_(g_lp[i:j].unsqueeze(1))
-            work.mul_(p).neg_()
+            # dz = -g_lp p - g_ent p (z - E[z])  =  -p * (g_ent (z - E[z]) + g_lp); 0 where p = 0
+            p = torch.exp(z - lse[i:j].unsqueeze(1))
+            torch.sub(z, mean_z[i:j].unsqueeze(1), out=work)
+            work.clamp_(min=torch.finfo(torch.float32).min)
+            work.mul_(g_ent[i:j].unsqueeze(1)).add_(g_lp[i:j].unsqueeze(1)).mul_(p).neg_()
             del p
         else:
-            work.sub_(lse[i:j].unsqueeze(1)).exp_().mul_(-g_lp[i:j].unsqueeze(1))  # -g_lp p
+            torch.ops.aten._softmax.out(z, 1, False, out=work)  # local softmax, fused
+            work.mul_((-g_lp[i:j] * rescale[i:j]).unsqueeze(1))  # -g_lp p
         # + g_lp at the target column (rows whose target is held by this rank)
         rows = here[i:j].nonzero().squeeze(1)
         if rows.numel():
             work.index_put_((rows, local_t[i:j][rows]), g_lp[i:j][rows], accumulate=True)
-        if temperature != 1.0:
+        if inv_t != 1.0:
             work.mul_(inv_t)
         if not in_place:
             grad[i:j].copy_(work)
@@ -214,10 +222,11 @@ class _VocabParallelLogprobs(torch.autograd.Function):
             lse, tgt, mean_z = _triton_forward(x, target, vocab_start, temperature, with_entropy, block)
         else:
             lse, tgt, mean_z = _torch_forward(x, target, vocab_start, temperature, with_entropy, block)
+        local_lse = lse
         lse, tgt, mean_z = tp.combine_lse(lse, tgt, mean_z, group)
         logp = torch.where(keep, tgt - lse, 0.0)  # [N]
         ent = torch.where(keep, lse - mean_z, 0.0) if with_entropy else logp.new_empty(0)
-        ctx.save_for_backward(x, target, keep, lse, mean_z if with_entropy else lse)
+        ctx.save_for_backward(x, target, keep, lse, local_lse, mean_z if with_entropy else lse)
         ctx.cfg = (vocab_start, temperature, with_entropy, use_triton, block)
         if not with_entropy:
             ctx.mark_non_differentiable(ent)
@@ -225,7 +234,7 @@ class _VocabParallelLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_lp, g_ent):
-        x, target, keep, lse, mean_z = ctx.saved_tensors
+        x, target, keep, lse, local_lse, mean_z = ctx.saved_tensors
         vocab_start, temperature, with_entropy, use_triton, block = ctx.cfg
         g_lp = torch.where(keep, g_lp.float(), 0.0).contiguous()
         if with_entropy and g_ent is not None:
@@ -235,7 +244,8 @@ class _VocabParallelLogprobs(torch.autograd.Function):
         if use_triton:
             grad = _triton_backward(x, target, lse, mean_z, g_lp, g_ent, vocab_start, temperature, block)
         else:
-            grad = _torch_backward(x, target, lse, mean_z, g_lp, g_ent, vocab_start, temperature, block)
+            grad = _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start, temperature,
+                                   block)
         return grad, None, None, None, None, None, None, None
 
 
