@@ -29,6 +29,9 @@ setup(
         "matplotlib",
         # data: tokenizers' own Jinja chat templates (model.data.chat_template=tokenizer).
         "jinja2>=3.0",
+        # kernels/: compiled on CUDA, interpreted on CPU in tests (TRITON_INTERPRET=1); 3.8.0 is tested. On GPU
+        # images the one that ships with torch is kept (see Dockerfile's constraints).
+        "triton>=3.2; platform_system == 'Linux'",
     ],
     extras_require={
         "test": ["pytest>=8", "transformers>=4.45", "wandb"],
