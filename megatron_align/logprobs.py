@@ -23,9 +23,10 @@ from typing import Optional
 
 import torch
 
+from kernels.group_softmax import group_kl, group_log_softmax, group_sizes_to_offsets
 from kernels.vocab_parallel_logprobs import vocab_parallel_logprobs
 
-__all__ = ["token_logprobs", "sequence_logprobs"]
+__all__ = ["token_logprobs", "sequence_logprobs", "group_log_softmax", "group_kl", "group_sizes_to_offsets"]
 
 
 def _masked_target(target: torch.Tensor, loss_mask: Optional[torch.Tensor],
