@@ -23,19 +23,36 @@ from typing import Optional
 
 import torch
 
+from kernels.fused_linear_logprobs import fused_linear_logprobs
 from kernels.group_softmax import group_kl, group_log_softmax, group_sizes_to_offsets
 from kernels.vocab_parallel_logprobs import vocab_parallel_logprobs
 
-__all__ = ["token_logprobs", "sequence_logprobs", "group_log_softmax", "group_kl", "group_sizes_to_offsets"]
+__all__ = ["token_logprobs", "fused_lm_head_logprobs", "sequence_logprobs", "group_log_softmax", "group_kl",
+           "group_sizes_to_offsets"]
 
 
-def _masked_target(target: torch.Tensor, loss_mask: Optional[torch.Tensor],
-                   ignore_index: int) -> torch.Tensor:
-    if loss_mask is None:
-        return target
-    if loss_mask.shape != target.shape:
-        raise ValueError(f"loss_mask {tuple(loss_mask.shape)} must match target {tuple(target.shape)}")
-    return torch.where(loss_mask.bool(), target, torch.full_like(target, ignore_index))
+def _flat_target(x: torch.Tensor, target: torch.Tensor, loss_mask: Optional[torch.Tensor], ignore_index: int,
+                 sequence_first: bool) -> tuple[torch.Tensor, torch.Size]:
+    """Target ids flattened in ``x``'s row order ([N]), with masked positions set to ignore_index, and the
+    leading shape of ``x`` (``[S, B]`` when sequence_first)."""
+    if loss_mask is not None:
+        if loss_mask.shape != target.shape:
+            raise ValueError(f"loss_mask {tuple(loss_mask.shape)} must match target {tuple(target.shape)}")
+        target = torch.where(loss_mask.bool(), target, torch.full_like(target, ignore_index))
+    if sequence_first:
+        if x.dim() != 3:
+            raise ValueError("sequence_first=True expects a [S, B, *] input")
+        target = target.t()  # [B, S] -> [S, B], the input's layout
+    if x.shape[:-1] != target.shape:
+        raise ValueError(f"input {tuple(x.shape)} and target {tuple(target.shape)} disagree "
+                         f"(sequence_first={sequence_first})")
+    return target.reshape(-1), target.shape
+
+
+def _shaped(logp, ent, lead, sequence_first: bool, return_entropy: bool):
+    """[N] results back to [B, S] (transposing megatron's [S, B])."""
+    outs = [t.view(lead).t() if sequence_first else t.view(lead) for t in (logp, ent) if t is not None]
+    return tuple(outs) if return_entropy else outs[0]
 
 
 def token_logprobs(logits: torch.Tensor, target: torch.Tensor, *, tp_group=None, temperature: float = 1.0,
@@ -49,25 +66,34 @@ def token_logprobs(logits: torch.Tensor, target: torch.Tensor, *, tp_group=None,
             and no gradient
     returns logprobs [B, S] fp32, or (logprobs, entropy) when return_entropy
     """
-    target = _masked_target(target, loss_mask, ignore_index)
-    if sequence_first:
-        if logits.dim() != 3:
-            raise ValueError("sequence_first=True expects logits [S, B, V/tp]")
-        target = target.t()  # [B, S] -> [S, B], matching the logits' layout
-    if logits.shape[:-1] != target.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} disagree "
-                         f"(sequence_first={sequence_first})")
-    lead = target.shape
-    flat_logits = logits.reshape(-1, logits.shape[-1])  # [N, V/tp], a view for contiguous logits
-    logp, ent = vocab_parallel_logprobs(flat_logits, target.reshape(-1), group=tp_group,
+    flat_t, lead = _flat_target(logits, target, loss_mask, ignore_index, sequence_first)
+    logp, ent = vocab_parallel_logprobs(logits.reshape(-1, logits.shape[-1]), flat_t, group=tp_group,
                                         temperature=temperature, ignore_index=ignore_index,
                                         return_entropy=return_entropy, backend=backend, block=block)
-    logp = logp.view(lead)
-    ent = ent.view(lead) if ent is not None else None
-    if sequence_first:
-        logp = logp.t()
-        ent = ent.t() if ent is not None else None
-    return (logp, ent) if return_entropy else logp
+    return _shaped(logp, ent, lead, sequence_first, return_entropy)
+
+
+def fused_lm_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *,
+                           bias: Optional[torch.Tensor] = None, tp_group=None, temperature: float = 1.0,
+                           ignore_index: int = -100, loss_mask: Optional[torch.Tensor] = None,
+                           return_entropy: bool = False, sequence_first: bool = False, backend: str = "auto",
+                           **chunks):
+    """log p(target) per token straight from the final hidden states and the (vocab-parallel) output weight;
+    the ``[tokens, V]`` logits never exist, forward or backward.
+
+    hidden: [B, S, H] (or [S, B, H] with sequence_first=True, megatron's layout; or [N, H]), replicated over
+            the TP group (gather sequence-parallel activations first)
+    weight: [V/tp, H], this rank's rows of the output layer (``model.output_layer.weight``, or the embedding
+            weight when tied); bias: [V/tp] or None
+    target: [B, S] (or [N]) global ids; ignore_index / loss_mask == 0 positions give 0 and no gradient
+    chunks: ``chunk_n``, ``chunk_v``, ``blocks``, ``num_splits`` tuning knobs of kernels.fused_linear_logprobs
+    returns logprobs [B, S] fp32, or (logprobs, entropy)
+    """
+    flat_t, lead = _flat_target(hidden, target, loss_mask, ignore_index, sequence_first)
+    logp, ent = fused_linear_logprobs(hidden.reshape(-1, hidden.shape[-1]), weight, flat_t, group=tp_group,
+                                      bias=bias, temperature=temperature, ignore_index=ignore_index,
+                                      return_entropy=return_entropy, backend=backend, **chunks)
+    return _shaped(logp, ent, lead, sequence_first, return_entropy)
 
 
 def sequence_logprobs(token_lp: torch.Tensor, loss_mask: torch.Tensor, average: bool = False) -> torch.Tensor:

@@ -152,3 +152,21 @@ def test_bad_arguments_are_clear():
         vocab_parallel_logprobs(x, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="backend"):
         vocab_parallel_logprobs(x, torch.zeros(4, dtype=torch.long), backend="cuda")
+
+
+def test_fused_facade_sequence_first_and_mask_match_reference():
+    """fused_lm_head_logprobs on megatron's [S, B, H] hidden states == reference on [B, S] targets."""
+    from megatron_align.logprobs import fused_lm_head_logprobs
+
+    g = torch.Generator().manual_seed(13)
+    b, s, h, v = 2, 9, 24, 211
+    hidden = torch.randn(s, b, h, generator=g)
+    weight = torch.randn(v, h, generator=g) * 0.3
+    t = torch.randint(0, v, (b, s), generator=g)
+    mask = (torch.rand(b, s, generator=g) > 0.25).long()
+    ours, ent = fused_lm_head_logprobs(hidden, weight, t, loss_mask=mask, sequence_first=True,
+                                       return_entropy=True, backend="torch", chunk_n=5, chunk_v=64)
+    ref, rent = reference.fused_token_logprobs(hidden.transpose(0, 1).reshape(-1, h), weight,
+                                               torch.where(mask.bool(), t, -100).reshape(-1))
+    torch.testing.assert_close(ours, ref.view(b, s), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, rent.view(b, s), atol=1e-4, rtol=1e-5)
