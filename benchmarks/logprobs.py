@@ -2,8 +2,9 @@
 
 Methods (each measured in its own fresh process, so no method inherits another's heap):
 - ``naive``: ``torch.log_softmax(logits.float(), -1).gather(...)``;
-- ``trl``: TRL-style selective log-softmax: gather the target logits, then a per-row ``logsumexp`` loop over
-  the batch dimension (our own code written after TRL's description of ``selective_log_softmax``);
+- ``trl``: TRL-style selective log-softmax: gather the target logits, then a ``logsumexp`` loop over the batch
+  dimension of ``[B, S, V]`` logits, here 8 sequences of N / 8 tokens (our own code written after TRL's
+  ``selective_log_softmax``);
 - ``megatron``: megatron-core's ``tensor_parallel.vocab_parallel_cross_entropy`` (TP=1 over gloo); it keeps an
   fp32 softmax by overwriting its fp32 input logits in place;
 - ``ours``: ``megatron_align.logprobs.token_logprobs`` (CPU: the row-chunked torch path);
@@ -16,14 +17,16 @@ What is measured, per (N tokens, V vocabulary, dtype):
   high-water mark just before) minus its size once the inputs exist, minus the gradient every method must
   return: the logits' gradient (N x V) for from-logits methods, the hidden and weight gradients for the
   from-hidden ones. It is shown in MiB and as a multiple of the logits' size (N x V x 4 bytes in fp32).
-- ``time``: median wall time of forward + backward over ``--reps`` runs after one warm-up run.
+- ``time``: median wall time of forward + backward over ``--reps`` runs after one warm-up run, with glibc's
+  default allocator behaviour; the memory run comes after them.
 The logits (or hidden and weight) are created outside the measured region and are never counted.
 
     python benchmarks/logprobs.py                       # N in {2048, 8192} x V in {32000, 128000}, fp32
     python benchmarks/logprobs.py --sizes 2048x32000 --hidden 256 --reps 3
 
-glibc's allocator is left at its defaults (``MEGATRON_ALIGN_CPU_MALLOC=0``): blocks this large are mmap-ed and
-returned to the kernel on free, so the resident size tracks live tensors.
+For the memory run glibc is told to mmap every block of 128 KiB or more and to unmap it on free
+(``MEGATRON_ALIGN_CPU_MALLOC=0`` keeps megatron_align's own setting off), so the resident size tracks live
+tensors for every method alike.
 """
 
 from __future__ import annotations
@@ -92,7 +95,8 @@ def _step_fn(method: str, n: int, v: int, h: int, dtype):
     elif method == "trl":
         def fn():
             picked = logits.gather(1, target[:, None]).squeeze(1).float()
-            lse = torch.stack([torch.logsumexp(row.float(), -1) for row in logits])  # one row at a time
+            # TRL loops over the batch dimension of [B, S, V]: here B = 8 sequences of N / 8 tokens
+            lse = torch.cat([torch.logsumexp(seq.float(), -1) for seq in logits.view(8, n // 8, v)])
             lp = picked - lse
             lp.backward(grad_out)
             return lp
@@ -136,26 +140,40 @@ def _step_fn(method: str, n: int, v: int, h: int, dtype):
     return fn, clear, n * v * elem
 
 
+def _mmap_large_blocks() -> None:
+    """From now on glibc mmaps every block >= 128 KiB and unmaps it on free, and what the heap holds free is
+    returned now: the resident size then tracks live tensors (fixed thresholds also switch off glibc's dynamic
+    one, which lets freed multi-MiB temporaries stay in the heap and hide later allocations)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    libc.malloc_trim(0)
+
+
 def run_one(method: str, n: int, v: int, h: int, dtype_name: str, reps: int) -> dict:
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     torch.manual_seed(0)
     fn, clear, grad_bytes = _step_fn(method, n, v, h, dtype)
-    # warm-up (also allocates the gradient buffers once)
+    # 1. time, with glibc's default allocator behaviour: one warm-up run, then the median of ``reps``
     clear()
     fn()
-    times, peaks = [], []
+    times = []
     for _ in range(max(1, reps)):
         clear()
-        base = _kib("VmRSS")
-        _reset_peak()
         t0 = time.perf_counter()
-        lp = fn()
+        fn()
         times.append(time.perf_counter() - t0)
-        peaks.append(_kib("VmHWM") - base)
-        del lp
-    extra = min(peaks) * 1024 - grad_bytes  # the least-disturbed repetition
+    # 2. peak memory of one more run, with large blocks mmap-ed (slower, so not timed)
+    clear()
+    _mmap_large_blocks()
+    base = _kib("VmRSS")
+    _reset_peak()
+    fn()
+    extra = (_kib("VmHWM") - base) * 1024 - grad_bytes
     return dict(method=method, n=n, v=v, h=h, dtype=dtype_name, time_s=statistics.median(times),
                 extra_bytes=extra, grad_bytes=grad_bytes, logits_bytes=n * v * 4)
 
