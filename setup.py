@@ -29,15 +29,21 @@ setup(
         "matplotlib",
         # data: tokenizers' own Jinja chat templates (model.data.chat_template=tokenizer).
         "jinja2>=3.0",
-        # kernels/: compiled on CUDA, interpreted on CPU in tests (TRITON_INTERPRET=1); 3.8.0 is tested. On GPU
-        # images the one that ships with torch is kept (see Dockerfile's constraints).
+        # kernels/: compiled on CUDA, interpreted on CPU in tests (TRITON_INTERPRET=1); 3.8.0 is tested.
+        # On GPU images the one that ships with torch is kept (see Dockerfile's constraints).
         "triton>=3.2; platform_system == 'Linux'",
+        # servers: NeMo's PUT /generate and NeMo-Aligner's reward-model server (megatron_align/servers).
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "pydantic>=2",
     ],
     extras_require={
-        "test": ["pytest>=8", "transformers>=4.45", "wandb"],
+        "test": ["pytest>=8", "transformers>=4.45", "wandb", "pyarrow", "requests"],
         "dev": ["ruff==0.17.6"],
         # GPU only: installed inside the NGC image (see Dockerfile); never the PyPI package named "apex".
         "wandb": ["wandb"],
+        # SteerLM data preparation: HelpSteer / HelpSteer2 given as parquet (JSONL needs nothing).
+        "parquet": ["pyarrow"],
         "trtllm": ["tensorrt_llm==1.2.1", "ray[default]==2.53.0"],
     },
     entry_points={"console_scripts": ["megatron-align=megatron_align.cli:main"]},

@@ -1,0 +1,98 @@
+"""SteerLM attributes: their names and order, and the label string ``quality:4,toxicity:0,...``.
+
+The nine attributes, in NeMo-Aligner's order (``ALL_STEERLM_ATTRIBUTES`` there; the regression reward model's
+output ``i`` is attribute ``i``)::
+
+    quality, toxicity, humor, creativity,                          <- OpenAssistant (OASST) labels
+    helpfulness, correctness, coherence, complexity, verbosity     <- HelpSteer / HelpSteer2 ratings
+
+Values are integers on a 0..4 Likert scale, with one exception: HelpSteer2-Preference data (``-pref``) stores
+the preference strength of a response pair (-3..3, negative: the first response is better) in ``quality``, so
+``quality`` accepts -3..4.
+
+A label string lists ``name:value`` pairs joined by ``,`` (no spaces), in the order above, each attribute at
+most once; an attribute a dataset does not rate is left out. In the regression format an absent attribute is
+``-100.0`` (``MISSING``), the value the regression loss masks out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+OASST_ATTRIBUTES: tuple[str, ...] = ("quality", "toxicity", "humor", "creativity")
+"""The OpenAssistant labels SteerLM keeps (``spam``, ``helpfulness``, ``violence``... are dropped)."""
+HELPSTEER_ATTRIBUTES: tuple[str, ...] = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+"""The five HelpSteer / HelpSteer2 ratings."""
+STEERLM_ATTRIBUTES: tuple[str, ...] = OASST_ATTRIBUTES + HELPSTEER_ATTRIBUTES
+"""All nine, in label-string and regression-vector order."""
+MISSING = -100.0
+"""Regression label of an attribute the row does not rate (the loss's mask value)."""
+LIKERT_MAX = 4
+"""Highest value on the 0..4 scale."""
+PREFERENCE_STRENGTH = (-3, 3)
+"""Range of HelpSteer2-Preference's ``preference_strength``, written as ``quality``."""
+
+_INT = re.compile(r"-?[0-9]+")
+
+
+class LabelError(ValueError):
+    """A malformed label string or attribute value; the message says what is wrong, in one line."""
+
+
+def value_range(name: str) -> tuple[int, int]:
+    """The allowed integer values of attribute ``name`` (inclusive)."""
+    if name not in STEERLM_ATTRIBUTES:
+        raise LabelError(f"unknown attribute {name!r} (expected one of {', '.join(STEERLM_ATTRIBUTES)})")
+    low = PREFERENCE_STRENGTH[0] if name == "quality" else 0
+    return low, LIKERT_MAX
+
+
+def check_value(name: str, value: object) -> int:
+    """``value`` if it is an allowed integer for attribute ``name``, else ``LabelError``."""
+    low, high = value_range(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LabelError(f"{name}: expected an integer {low}..{high}, got {value!r}")
+    if not low <= value <= high:
+        raise LabelError(f"{name}: value {value} is out of range {low}..{high}")
+    return value
+
+
+def encode_label(values: Mapping[str, int]) -> str:
+    """``{"helpfulness": 3, "quality": 4}`` -> ``"quality:4,helpfulness:3"`` (canonical order).
+
+    ``{}`` -> ``""``, as NeMo-Aligner writes an OASST message whose labels hold none of the four."""
+    for name, value in values.items():
+        check_value(name, value)
+    return ",".join(f"{name}:{values[name]}" for name in STEERLM_ATTRIBUTES if name in values)
+
+
+def decode_label(text: str) -> dict[str, int]:
+    """Parse ``"quality:4,toxicity:0"`` into ``{"quality": 4, "toxicity": 0}``, validating every pair.
+
+    Stricter than NeMo-Aligner's parser, which ignores unknown names and accepts any number: an unknown or
+    repeated attribute, a non-integer or an out-of-range value is a ``LabelError`` here.
+    """
+    if not isinstance(text, str):
+        raise LabelError(f"expected a label string, got {type(text).__name__}")
+    if not text:
+        raise LabelError("empty label (expected name:value pairs such as quality:4,toxicity:0)")
+    values: dict[str, int] = {}
+    for item in text.split(","):
+        name, sep, raw = item.partition(":")
+        if not sep:
+            raise LabelError(f"{item!r} is not name:value (a label reads quality:4,toxicity:0,...)")
+        value_range(name)  # unknown names raise here
+        if name in values:
+            raise LabelError(f"attribute {name!r} appears twice")
+        if not _INT.fullmatch(raw):
+            raise LabelError(f"{name}: value {raw!r} is not an integer")
+        values[name] = check_value(name, int(raw))
+    return values
+
+
+def label_vector(text: str) -> list[float]:
+    """The regression label of a label string: nine floats in ``STEERLM_ATTRIBUTES`` order, ``MISSING``
+    (-100.0) for an attribute the string does not give."""
+    values = decode_label(text)
+    return [float(values[name]) if name in values else MISSING for name in STEERLM_ATTRIBUTES]
