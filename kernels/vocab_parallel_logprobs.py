@@ -28,7 +28,7 @@ from kernels import tp
 from kernels._triton import triton_usable
 
 # CPU path: rows per chunk are chosen so that one fp32 [rows, V/tp] temporary is about this many bytes.
-DEFAULT_CHUNK_BYTES = 4 << 20
+DEFAULT_CHUNK_BYTES = 16 << 20
 DEFAULT_BLOCK_V = 4096
 
 
@@ -141,13 +141,36 @@ def _rows_per_chunk(v_local: int, chunk_bytes: int) -> int:
     return max(1, chunk_bytes // max(1, 4 * v_local))
 
 
-def _scaled_fp32(x_rows: torch.Tensor, inv_t: float) -> torch.Tensor:
-    """z = x / T in fp32 for a chunk of rows: the input view itself when no conversion is needed (callers
-    never write to it), else one fp32 temporary."""
-    if x_rows.dtype == torch.float32 and inv_t == 1.0:
-        return x_rows
-    z = x_rows.to(torch.float32, copy=True)
-    return z.mul_(inv_t) if inv_t != 1.0 else z
+class _Chunks:
+    """Row chunks of x [N, V/tp] plus named fp32 work buffers [rows, V/tp], each allocated once per call and
+    reused for every chunk (a multi-MiB temporary per chunk would cost a fresh mmap + page faults each time on
+    CPU)."""
+
+    def __init__(self, x: torch.Tensor, chunk_bytes: int):
+        self.x = x
+        self.n, self.v = x.shape
+        self.step = min(self.n, _rows_per_chunk(self.v, chunk_bytes))
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def __iter__(self):
+        for i in range(0, self.n, self.step):
+            yield i, min(i + self.step, self.n)
+
+    def buf(self, name: str, rows: int, cols: int | None = None) -> torch.Tensor:
+        if name not in self._bufs:
+            self._bufs[name] = torch.empty((self.step, cols or self.v), dtype=torch.float32,
+                                           device=self.x.device)
+        return self._bufs[name][:rows]
+
+    def z(self, i: int, j: int, inv_t: float, own: bool) -> torch.Tensor:
+        """z = x[i:j] / T in fp32: the input view itself when no conversion is needed and the caller will not
+        write to it (``own=False``), else a copy in the "z" buffer."""
+        rows = self.x[i:j]
+        if not own and rows.dtype == torch.float32 and inv_t == 1.0:
+            return rows
+        z = self.buf("z", j - i)
+        z.copy_(rows)
+        return z.mul_(inv_t) if inv_t != 1.0 else z
 
 
 def _torch_forward(x, target, vocab_start, temperature, with_entropy, chunk_bytes):
@@ -160,42 +183,49 @@ def _torch_forward(x, target, vocab_start, temperature, with_entropy, chunk_byte
     here = (local_t >= 0) & (local_t < v_local)
     tgt = x.gather(1, torch.where(here, local_t, 0).unsqueeze(1)).squeeze(1).float() * inv_t
     tgt = torch.where(here, tgt, 0.0)
-    # 2. per chunk of rows: local lse (and E[z]) of z = x / T; the input is only read
-    step = _rows_per_chunk(v_local, chunk_bytes)
-    for i in range(0, n, step):
-        z = _scaled_fp32(x[i:i + step], inv_t)  # [r, V/tp]
-        lse_c = torch.logsumexp(z, dim=1)  # [r]
-        lse[i:i + step] = lse_c
+    if n == 0:
+        return lse, tgt, mean_z
+    # 2. per chunk of rows: m = max z, e = exp(z - m), lse = m + log sum e (and E[z] = sum e z / sum e);
+    #    the input is only read
+    ch = _Chunks(x, chunk_bytes)
+    for i, j in ch:
+        z = ch.z(i, j, inv_t, own=with_entropy)  # [r, V/tp]
+        m = ch.buf("max", j - i, 1)
+        e = ch.buf("exp", j - i)
+        torch.amax(z, dim=1, keepdim=True, out=m)
+        torch.sub(z, m, out=e).exp_()
+        total = e.sum(dim=1)  # [r]
+        lse[i:j] = total.log() + m.squeeze(1)
         if with_entropy:
-            # E_p[z] = sum_j p_j z_j as a row-wise dot product; p = 0 where z = -inf contributes 0, not nan
-            p = torch.exp(z - lse_c.unsqueeze(1))
-            mean_z[i:i + step] = torch.linalg.vecdot(p, z.clamp(min=torch.finfo(torch.float32).min))
+            z.clamp_(min=torch.finfo(torch.float32).min)  # e = 0 where z = -inf: contributes 0, not nan
+            mean_z[i:j] = torch.linalg.vecdot(e, z) / total
     return lse, tgt, mean_z
 
 
 def _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start, temperature, chunk_bytes):
     n, v_local = x.shape
     grad = torch.empty_like(x)
+    if n == 0:
+        return grad
     inv_t = 1.0 / temperature
     local_t = target - vocab_start
     here = (local_t >= 0) & (local_t < v_local)
-    step = _rows_per_chunk(v_local, chunk_bytes)
     in_place = grad.dtype == torch.float32  # work directly in the gradient's own storage
+    ch = _Chunks(x, chunk_bytes)
     # p_j = exp(z_j - lse) = softmax_local(z)_j * exp(lse_local - lse): the local softmax is one fused pass
     rescale = torch.exp(local_lse - lse)  # [N], 1 at TP=1
-    for i in range(0, n, step):
-        j = min(i + step, n)
-        z = _scaled_fp32(x[i:j], inv_t)  # [r, V/tp]
-        work = grad[i:j] if in_place else torch.empty((j - i, v_local), dtype=torch.float32, device=x.device)
+    for i, j in ch:
+        work = grad[i:j] if in_place else ch.buf("work", j - i)
         if g_ent is not None:
             # dz = -g_lp p - g_ent p (z - E[z])  =  -p * (g_ent (z - E[z]) + g_lp); 0 where p = 0
-            p = torch.exp(z - lse[i:j].unsqueeze(1))
+            z = ch.z(i, j, inv_t, own=True)
+            p = ch.buf("p", j - i)
+            torch.sub(z, lse[i:j].unsqueeze(1), out=p).exp_()
+            z.clamp_(min=torch.finfo(torch.float32).min)
             torch.sub(z, mean_z[i:j].unsqueeze(1), out=work)
-            work.clamp_(min=torch.finfo(torch.float32).min)
             work.mul_(g_ent[i:j].unsqueeze(1)).add_(g_lp[i:j].unsqueeze(1)).mul_(p).neg_()
-            del p
         else:
-            torch.ops.aten._softmax.out(z, 1, False, out=work)  # local softmax, fused
+            torch.ops.aten._softmax.out(ch.z(i, j, inv_t, own=False), 1, False, out=work)  # local softmax
             work.mul_((-g_lp[i:j] * rescale[i:j]).unsqueeze(1))  # -g_lp p
         # + g_lp at the target column (rows whose target is held by this rank)
         rows = here[i:j].nonzero().squeeze(1)
@@ -206,7 +236,6 @@ def _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start,
         if not in_place:
             grad[i:j].copy_(work)
     return grad
-
 
 # ----------------------------------------------------------------------------------------------------------
 # autograd
