@@ -17,6 +17,10 @@ What it does, in one place:
 4. ``Tensor.type()`` without arguments reports ``torch.cuda.*Tensor`` names for CPU tensors, because the
    optimizer wrappers and grad clipping dispatch on those strings.
 5. Inference helpers: ``torch.Generator(device="cuda")`` gives a CPU generator.
+
+``paused()`` takes the rewriting mode off the stack for a block that places every tensor itself (the lean
+generation forward, ``generation/lean_forward.py``): the mode's Python dispatch costs a few microseconds on
+every torch call.
 """
 
 from __future__ import annotations
@@ -254,6 +258,22 @@ def _install_inference_fixes() -> None:
 def cpu_compat_active() -> bool:
     """True when this process runs megatron through the CPU compatibility layer."""
     return _STATE["enabled"]
+
+
+@contextlib.contextmanager
+def paused():
+    """Within the block, torch calls are not rewritten (CUDA placements would fail): only for code that never
+    names a CUDA device and calls no megatron code that does. A no-op when the layer is off or when another
+    torch-function mode sits above ours on this thread's stack."""
+    from torch.overrides import _get_current_function_mode_stack, _pop_mode_temporarily
+
+    mode = _STATE["mode"]
+    stack = _get_current_function_mode_stack()
+    if mode is None or not stack or stack[-1] is not mode:
+        yield
+        return
+    with _pop_mode_temporarily():
+        yield
 
 
 def enable_cpu_compat(force: bool = False) -> bool:
