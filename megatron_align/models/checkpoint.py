@@ -3,8 +3,8 @@
 Layout of one checkpoint directory::
 
     <ckpt>/
-      metadata.json        format version, layout at save time, step; written last: its presence marks
-                           "complete"
+      metadata.json        format version, layout at save time, step, model kind (``gpt`` / ``reward``);
+                           written last: its presence marks "complete"
       model_config.yaml    the ``model.*`` section the weights belong to (OmegaConf YAML, no Python objects)
       tokenizer/           the tokenizer files (tokenizer.model or tokenizer.json + tokenizer_config.json
                            ...)
@@ -190,19 +190,41 @@ def restore_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # model config
 # ----------------------------------------------------------------------------------------------------------
+def base_model_config(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` as a plain ``ModelConfig``: a stage's model section (``SFTModelConfig``, ``RMModelConfig``)
+    minus its stage-only keys, with a dataclass ``data`` section turned into a dict."""
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig)}
+    if dataclasses.is_dataclass(values["data"]):
+        values["data"] = dataclasses.asdict(values["data"])
+    return ModelConfig(**values)
+
+
 def write_model_config(cfg: ModelConfig, path: Path) -> None:
-    """Save the model section as YAML (no Python objects)."""
-    OmegaConf.save(OmegaConf.structured(cfg), str(path))
+    """Save the model section as YAML (no Python objects); a stage's extra keys are left out so that every
+    reader can load it as a ``ModelConfig``."""
+    OmegaConf.save(OmegaConf.structured(base_model_config(cfg)), str(path))
 
 
 def read_model_config(ckpt: str | os.PathLike) -> ModelConfig:
-    """The ``model.*`` section stored in a checkpoint directory."""
+    """The ``model.*`` section stored in a checkpoint directory (stage-only keys written by older versions,
+    such as SFT's ``answer_only_loss``, are ignored)."""
     path = Path(ckpt) / "model_config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; {ckpt} is not a megatron_align checkpoint")
-    loaded = OmegaConf.load(path)
+    loaded = OmegaConf.to_container(OmegaConf.load(path))
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    extra = sorted(set(loaded) - known) if isinstance(loaded, dict) else []
+    if extra:
+        logger.info("%s: ignoring keys that are not model architecture: %s", path, ", ".join(extra))
+        loaded = {k: v for k, v in loaded.items() if k in known}
     merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), loaded)
     return OmegaConf.to_object(merged)
+
+
+def checkpoint_kind(ckpt: str | os.PathLike) -> str:
+    """``"reward"`` for a reward model checkpoint (``num_attributes`` outputs, see ``read_model_config``),
+    ``"gpt"`` for a language model (also for checkpoints written before the kind was recorded)."""
+    return str(read_metadata(ckpt).get("model_kind", "gpt"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -374,6 +396,8 @@ def save_checkpoint(
             "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
             "has_optimizer": optimizer is not None,
             "has_rng": save_rng,
+            # what the weights are: "gpt" (language model) or "reward" (GPTRewardModel: rm_head, no LM head)
+            "model_kind": getattr(module, "checkpoint_kind", "gpt"),
         }
         with open(tmp / _METADATA, "w") as f:
             json.dump(meta, f, indent=1)

@@ -44,9 +44,11 @@ def forward_backward(
     forward_only: bool = False,
     forward_step_func=lm_forward_step,
 ) -> dict:
-    """Run the schedule; returns ``{"loss_sum", "num_tokens"}`` summed over this rank's micro-batches.
+    """Run the schedule; returns ``{"loss_sum", "num_tokens", "sums"}`` summed over this rank's micro-batches.
 
-    Values are meaningful on the last pipeline stage (zeros elsewhere).
+    ``sums``: every other key of the loss functions' reduced dicts (e.g. a reward model's accuracy counts),
+    summed over micro-batches as float64 CPU tensors, not reduced across ranks. Values are meaningful on the
+    last pipeline stage (zeros, and an empty ``sums``, elsewhere).
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -61,6 +63,11 @@ def forward_backward(
         forward_only=forward_only,
     )
     total = torch.zeros(2, dtype=torch.float64)
+    sums: dict[str, torch.Tensor] = {}
     for item in losses or []:
         total += item["lm_loss"].double().cpu()
-    return {"loss_sum": float(total[0]), "num_tokens": float(total[1])}
+        for key, value in item.items():
+            if key != "lm_loss":
+                value = value.detach().double().cpu()
+                sums[key] = sums[key] + value if key in sums else value
+    return {"loss_sum": float(total[0]), "num_tokens": float(total[1]), "sums": sums}

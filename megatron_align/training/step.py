@@ -8,7 +8,7 @@ a clear message. Every rank reaches the same decision because both values are re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +27,7 @@ class StepResult:
     num_tokens: float  # trained (unmasked) tokens in the global batch
     grad_norm: float
     skipped: bool
+    sums: dict = field(default_factory=dict)  # this rank's extra loss-function sums (schedule "sums")
 
 
 def reduce_loss(res: dict) -> tuple[float, float]:
@@ -50,15 +51,15 @@ def train_step(ddp, optimizer, microbatches: list, seq_length: int, micro_batch_
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         optimizer.zero_grad()
         ddp.zero_grad_buffer()
-        return StepResult(loss, tokens, grad_norm, skipped=True)
+        return StepResult(loss, tokens, grad_norm, skipped=True, sums=res["sums"])
     ok, clipped_norm, _ = optimizer.step()
     return StepResult(loss, tokens, float(clipped_norm if clipped_norm is not None else grad_norm),
-                      skipped=not ok)
+                      skipped=not ok, sums=res["sums"])
 
 
-def eval_loss(ddp, microbatches: list, seq_length: int, micro_batch_size: int,
-              forward_step_func=None) -> float:
-    """Mean loss over trained tokens of ``microbatches`` on every rank (forward only)."""
+def evaluate(ddp, microbatches: list, seq_length: int, micro_batch_size: int,
+             forward_step_func=None) -> tuple[float, dict]:
+    """Forward only: (mean loss over trained tokens on every rank, this rank's extra loss-function sums)."""
     kwargs = {} if forward_step_func is None else {"forward_step_func": forward_step_func}
     ddp.eval()
     try:
@@ -67,4 +68,10 @@ def eval_loss(ddp, microbatches: list, seq_length: int, micro_batch_size: int,
                                    forward_only=True, **kwargs)
     finally:
         ddp.train()
-    return reduce_loss(res)[0]
+    return reduce_loss(res)[0], res["sums"]
+
+
+def eval_loss(ddp, microbatches: list, seq_length: int, micro_batch_size: int,
+              forward_step_func=None) -> float:
+    """Mean loss over trained tokens of ``microbatches`` on every rank (forward only)."""
+    return evaluate(ddp, microbatches, seq_length, micro_batch_size, forward_step_func)[0]
