@@ -1,0 +1,153 @@
+"""``PUT /generate``: NeMo's request fields and response fields, request checks, and response building.
+
+Request (NeMo's ``text_generation_server`` names and defaults): ``sentences`` (required, 1..N strings),
+``tokens_to_generate`` 64, ``greedy`` false, ``temperature`` 1.0, ``top_k`` 0, ``top_p`` 0.9,
+``repetition_penalty`` 1.0, ``add_BOS`` false, ``end_strings`` ["<|endoftext|>"], ``min_tokens_to_generate``
+0, ``compute_logprob`` false, ``random_seed`` null, ``all_probs`` false. Unknown fields are refused (a
+misspelt ``max_tokens`` would otherwise be silently ignored).
+
+Response, one entry per sentence: ``sentences`` (prompt + generated text; it starts with the prompt exactly
+as sent, so ``sentence[len(prompt):]`` is the generated text), ``tokens`` (the text of each token),
+``token_ids``, ``offsets`` (start of each token in the concatenation of ``tokens``, as NeMo computes them),
+``logprob`` (log p of every token after the first given the ones before, prompt included; null unless
+``compute_logprob``), and ``full_logprob`` (only with ``all_probs``: the log-softmax row over the vocabulary
+at each of those positions).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from megatron_align.servers.http import RequestError
+
+
+class GenerateRequest(BaseModel):
+    """The body of ``PUT /generate``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    sentences: list[str] = Field(min_length=1, description="Prompts, one per sample.")
+    tokens_to_generate: int = Field(64, ge=0, description="Maximum number of tokens generated per prompt.")
+    all_probs: bool = Field(False, description="Also return full_logprob (vocabulary-wide log-probs).")
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="Sampling temperature.")
+    add_BOS: bool = Field(False, description="Put the bos token before each prompt.")
+    greedy: bool = Field(False, description="Argmax decoding (ignores temperature, top_k, top_p).")
+    top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens (0: off).")
+    top_p: float = Field(0.9, ge=0.0, le=1.0, description="Nucleus sampling mass (1.0: off).")
+    repetition_penalty: float = Field(1.0, ge=1.0,
+                                      description="Penalty on already present tokens (1.0: off).")
+    end_strings: list[str] = Field(default_factory=lambda: ["<|endoftext|>"],
+                                   description="A sample stops once its text ends with one of these.")
+    min_tokens_to_generate: int = Field(0, ge=0, description="Tokens generated before eos may stop a sample.")
+    compute_logprob: bool = Field(False, description="Return logprob for every token after the first.")
+    random_seed: Optional[int] = Field(None, ge=0, description="Seed of the sampling; such a request runs "
+                                       "alone, so its samples do not depend on others.")
+
+
+class GenerateResponse(BaseModel):
+    """The body of a successful ``PUT /generate`` (documents the OpenAPI schema)."""
+
+    sentences: list[str]
+    tokens: list[list[str]]
+    token_ids: list[list[int]]
+    offsets: list[list[int]]
+    logprob: Optional[list[list[float]]] = None
+    full_logprob: Optional[list[list[list[float]]]] = None
+
+
+SAMPLING_FIELDS = ("greedy", "temperature", "top_k", "top_p", "repetition_penalty", "tokens_to_generate",
+                   "min_tokens_to_generate", "end_strings", "compute_logprob", "all_probs")
+"""Request fields that requests merged into one batch must share (``add_BOS`` is applied when tokenizing)."""
+
+
+def sampling_of(req: GenerateRequest) -> dict:
+    """The batch-level settings of ``req`` (JSON-able), in ``SAMPLING_FIELDS`` order."""
+    return {name: getattr(req, name) for name in SAMPLING_FIELDS} | {"random_seed": req.random_seed}
+
+
+def merge_key(req: GenerateRequest) -> Optional[tuple]:
+    """Requests with equal keys may share a batch; a seeded request never does (None)."""
+    if req.random_seed is not None:
+        return None
+    return tuple(tuple(v) if isinstance(v, list) else v for v in sampling_of(req).values())
+
+
+def tokenize_prompts(req: GenerateRequest, tokenizer, context_length: int, max_sentences: int) -> list:
+    """Prompt token ids; ``RequestError`` naming the field for too many sentences, an empty prompt, or a
+    prompt (plus ``tokens_to_generate``) longer than the model's context."""
+    if len(req.sentences) > max_sentences:
+        raise RequestError("sentences", f"{len(req.sentences)} sentences; at most {max_sentences} per "
+                                        "request (the server's max_sentences_per_request)")
+    if req.min_tokens_to_generate > req.tokens_to_generate:
+        raise RequestError("min_tokens_to_generate", f"{req.min_tokens_to_generate} is more than "
+                                                     f"tokens_to_generate={req.tokens_to_generate}")
+    if req.add_BOS and tokenizer.bos_id is None:
+        raise RequestError("add_BOS", "this model's tokenizer has no bos token")
+    ids = tokenizer.texts_to_ids(req.sentences, add_bos=req.add_BOS)
+    for i, prompt in enumerate(ids):
+        if not prompt:
+            raise RequestError(f"sentences[{i}]", "empty prompt (give some text, or add_BOS=true)")
+        if len(prompt) >= context_length:
+            raise RequestError(f"sentences[{i}]", f"the prompt is {len(prompt)} tokens; the model's context "
+                                                  f"is {context_length} tokens")
+        if len(prompt) + req.tokens_to_generate > context_length:
+            raise RequestError("tokens_to_generate",
+                               f"sentences[{i}] is {len(prompt)} tokens, and {len(prompt)} + "
+                               f"{req.tokens_to_generate} exceeds the model's context of {context_length} "
+                               f"tokens (ask for at most {context_length - len(prompt)})")
+    return ids
+
+
+def token_texts(tokenizer, ids: list[int], window: int = 6) -> list[str]:
+    """The text each token adds to the decoded sequence (special tokens as their text), decoded with a few
+    tokens of left context so that word-initial spaces and multi-token characters come out right."""
+    out = []
+    for k in range(len(ids)):
+        lo = max(0, k - window)
+        before = tokenizer.ids_to_text(ids[lo:k], skip_special=False)
+        after = tokenizer.ids_to_text(ids[lo:k + 1], skip_special=False)
+        common = 0
+        limit = min(len(before), len(after))
+        while common < limit and before[common] == after[common]:
+            common += 1
+        out.append(after[common:])
+    return out
+
+
+def offsets_of(texts: list[str]) -> list[int]:
+    """Start of each token text in their concatenation (NeMo's ``offsets``)."""
+    out, pos = [], 0
+    for t in texts:
+        out.append(pos)
+        pos += len(t)
+    return out
+
+
+def sentence_of(tokenizer, prompt: str, prompt_ids: list[int], ids: list[int]) -> str:
+    """Decoded prompt + response, starting with ``prompt`` verbatim (decoding need not reproduce the prompt's
+    exact text, e.g. its spacing, and clients cut the response off with ``len(prompt)``)."""
+    full = tokenizer.ids_to_text(ids)
+    head = tokenizer.ids_to_text(prompt_ids)
+    return prompt + full[len(head):] if full.startswith(head) else full
+
+
+def build_response(tokenizer, req: GenerateRequest, prompt_ids: list, results: list[dict]) -> dict:
+    """NeMo's response body from the per-sentence results of the serving loop."""
+    body = {"sentences": [], "tokens": [], "token_ids": [], "offsets": [],
+            "logprob": [] if req.compute_logprob else None}
+    if req.all_probs:
+        body["full_logprob"] = []
+    for prompt, p_ids, res in zip(req.sentences, prompt_ids, results):
+        ids = res["ids"]
+        texts = token_texts(tokenizer, ids)
+        body["sentences"].append(sentence_of(tokenizer, prompt, p_ids, ids))
+        body["tokens"].append(texts)
+        body["token_ids"].append(ids)
+        body["offsets"].append(offsets_of(texts))
+        if req.compute_logprob:
+            body["logprob"].append(res["logprob"])
+        if req.all_probs:
+            body["full_logprob"].append(res["full_logprob"])
+    return body
