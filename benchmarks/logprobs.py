@@ -8,6 +8,8 @@ Methods (each measured in its own fresh process, so no method inherits another's
 - ``megatron``: megatron-core's ``tensor_parallel.vocab_parallel_cross_entropy`` (TP=1 over gloo); it keeps an
   fp32 softmax by overwriting its fp32 input logits in place;
 - ``ours``: ``megatron_align.logprobs.token_logprobs`` (CPU: the row-chunked torch path);
+- ``ours_inplace``: the same with ``inplace_backward=True``: the gradient is written over the logits after
+  forward (which never modifies them), as megatron does, so no second [N, V] tensor is allocated;
 - ``hidden+naive``: the LM-head matmul ``hidden @ weight.T`` followed by ``naive``: the time and memory any
   from-logits method adds to ``ours_fused``'s job;
 - ``ours_fused``: ``megatron_align.logprobs.fused_lm_head_logprobs`` from hidden states and the output weight.
@@ -18,7 +20,8 @@ What is measured, per (N tokens, V vocabulary, dtype):
   return: the logits' gradient (N x V) for from-logits methods, the hidden and weight gradients for the
   from-hidden ones. It is shown in MiB and as a multiple of the logits' size (N x V x 4 bytes in fp32).
 - ``time``: median wall time of forward + backward over ``--reps`` runs after one warm-up run, with glibc's
-  default allocator behaviour; the memory run comes after them.
+  default allocator behaviour (the memory run comes after them); ``cpu``: the median CPU time of the process
+  (all threads) over the same runs, less disturbed than wall time when other jobs share the cores.
 The logits (or hidden and weight) are created outside the measured region and are never counted.
 
     python benchmarks/logprobs.py                       # N in {2048, 8192} x V in {32000, 128000}, fp32
@@ -39,7 +42,7 @@ import subprocess
 import sys
 import time
 
-METHODS = ("naive", "trl", "megatron", "ours", "hidden+naive", "ours_fused")
+METHODS = ("naive", "trl", "megatron", "ours", "ours_inplace", "hidden+naive", "ours_fused")
 FROM_HIDDEN = ("hidden+naive", "ours_fused")
 
 
@@ -119,21 +122,23 @@ def _step_fn(method: str, n: int, v: int, h: int, dtype):
             lp.backward(grad_out)
             return lp
         fn.fresh = None
-    elif method == "ours":
+    elif method in ("ours", "ours_inplace"):
         from megatron_align.logprobs import token_logprobs
 
         def fn():
-            lp = token_logprobs(logits, target)
+            x = fn.fresh if method == "ours_inplace" else logits
+            lp = token_logprobs(x, target, inplace_backward=method == "ours_inplace")
             lp.backward(grad_out)
             return lp
+        fn.fresh = None
     else:
         raise ValueError(method)
 
     def clear():
         logits.grad = None
-    if method == "megatron":
+    if method in ("megatron", "ours_inplace"):
         def prepare():
-            # a leaf that megatron may overwrite: the same values as ``logits``, made outside the measurement
+            # a leaf that may be overwritten: the same values as ``logits``, made outside the measurement
             clear()
             fn.fresh = logits.detach().clone().requires_grad_()
         return fn, prepare, n * v * elem
@@ -161,12 +166,13 @@ def run_one(method: str, n: int, v: int, h: int, dtype_name: str, reps: int) -> 
     # 1. time, with glibc's default allocator behaviour: one warm-up run, then the median of ``reps``
     clear()
     fn()
-    times = []
+    times, cpu = [], []
     for _ in range(max(1, reps)):
         clear()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     # 2. peak memory of one more run, with large blocks mmap-ed (slower, so not timed)
     clear()
     _mmap_large_blocks()
@@ -175,6 +181,7 @@ def run_one(method: str, n: int, v: int, h: int, dtype_name: str, reps: int) -> 
     fn()
     extra = (_kib("VmHWM") - base) * 1024 - grad_bytes
     return dict(method=method, n=n, v=v, h=h, dtype=dtype_name, time_s=statistics.median(times),
+                cpu_s=statistics.median(cpu),
                 extra_bytes=extra, grad_bytes=grad_bytes, logits_bytes=n * v * 4)
 
 
@@ -214,26 +221,30 @@ def _print_table(rows: list[dict], args) -> None:
     print(f"dtype {args.dtype}; H = {args.hidden} for the from-hidden methods; extra = peak RSS during "
           "forward+backward beyond inputs and the inputs' own gradients\n")
     print("| N x V | method | extra (MiB) | extra / logits size | with gradients / logits size | "
-          "extra / naive's extra | time (s) | time / fastest |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "extra / naive's extra | time (s) | time / fastest | cpu (s) | cpu / fastest |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (n, v) in dict.fromkeys((r["n"], r["v"]) for r in rows):
         group = [r for r in rows if (r["n"], r["v"]) == (n, v)]
         ok = {r["method"]: r for r in group if "error" not in r}
         naive_extra = ok["naive"]["extra_bytes"] if "naive" in ok else None
         fastest_logits = min((r["time_s"] for m, r in ok.items() if m not in FROM_HIDDEN), default=None)
         fastest_hidden = min((r["time_s"] for m, r in ok.items() if m in FROM_HIDDEN), default=None)
+        cpu_logits = min((r["cpu_s"] for m, r in ok.items() if m not in FROM_HIDDEN), default=None)
+        cpu_hidden = min((r["cpu_s"] for m, r in ok.items() if m in FROM_HIDDEN), default=None)
         for r in group:
             if "error" in r:
-                print(f"| {n}x{v} | {r['method']} | failed: {r['error']} | | | | | |")
+                print(f"| {n}x{v} | {r['method']} | failed: {r['error']} | | | | | | | |")
                 continue
             mib = r["extra_bytes"] / 2**20
             ratio = r["extra_bytes"] / r["logits_bytes"]
             from_logits = r["method"] not in FROM_HIDDEN
             vs_naive = f"{r['extra_bytes'] / naive_extra:.1%}" if naive_extra and from_logits else ""
             fastest = fastest_hidden if r["method"] in FROM_HIDDEN else fastest_logits
+            fastest_cpu = cpu_hidden if r["method"] in FROM_HIDDEN else cpu_logits
             with_grads = (r["extra_bytes"] + r["grad_bytes"]) / r["logits_bytes"]
             print(f"| {n}x{v} | {r['method']} | {mib:.0f} | {ratio:.3f}x | {with_grads:.3f}x | {vs_naive} | "
-                  f"{r['time_s']:.2f} | {r['time_s'] / fastest:.2f}x |")
+                  f"{r['time_s']:.2f} | {r['time_s'] / fastest:.2f}x | {r['cpu_s']:.2f} | "
+                  f"{r['cpu_s'] / fastest_cpu:.2f}x |")
 
 
 if __name__ == "__main__":

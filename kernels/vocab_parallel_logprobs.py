@@ -27,7 +27,8 @@ import torch
 from kernels import tp
 from kernels._triton import triton_usable
 
-# CPU path: rows per chunk are chosen so that one fp32 [rows, V/tp] temporary is about this many bytes.
+# CPU path: rows per chunk are chosen so that one fp32 [rows, V/tp] work buffer is about this many bytes
+# (at most 1/64 of the fp32 logits' size, and at least 1 MiB).
 DEFAULT_CHUNK_BYTES = 16 << 20
 DEFAULT_BLOCK_V = 4096
 
@@ -121,10 +122,10 @@ def _triton_forward(x, target, vocab_start, temperature, with_entropy, block_v):
     return lse, tgt, (mean_z if with_entropy else None)
 
 
-def _triton_backward(x, target, lse, mean_z, g_lp, g_ent, vocab_start, temperature, block_v):
+def _triton_backward(x, target, lse, mean_z, g_lp, g_ent, vocab_start, temperature, block_v, out=None):
     _, bwd = _kernels()
     n, v_local = x.shape
-    grad = torch.empty_like(x)
+    grad = torch.empty_like(x) if out is None else out  # each program reads a block before writing it
     with_entropy = g_ent is not None
     if n:
         bwd[(n,)](x, x.stride(0), grad, grad.stride(0), target, lse,
@@ -202,9 +203,10 @@ def _torch_forward(x, target, vocab_start, temperature, with_entropy, chunk_byte
     return lse, tgt, mean_z
 
 
-def _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start, temperature, chunk_bytes):
+def _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start, temperature, chunk_bytes,
+                    out=None):
     n, v_local = x.shape
-    grad = torch.empty_like(x)
+    grad = torch.empty_like(x) if out is None else out
     if n == 0:
         return grad
     inv_t = 1.0 / temperature
@@ -224,6 +226,11 @@ def _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start,
             z.clamp_(min=torch.finfo(torch.float32).min)
             torch.sub(z, mean_z[i:j].unsqueeze(1), out=work)
             work.mul_(g_ent[i:j].unsqueeze(1)).add_(g_lp[i:j].unsqueeze(1)).mul_(p).neg_()
+        elif in_place and grad.data_ptr() == x.data_ptr():
+            # the gradient overwrites the logits (inplace_backward): p = exp(z - lse) element by element
+            if inv_t != 1.0:
+                work.mul_(inv_t)
+            work.sub_(lse[i:j].unsqueeze(1)).exp_().mul_(-g_lp[i:j].unsqueeze(1))  # -g_lp p
         else:
             torch.ops.aten._softmax.out(ch.z(i, j, inv_t, own=False), 1, False, out=work)  # local softmax
             work.mul_((-g_lp[i:j] * rescale[i:j]).unsqueeze(1))  # -g_lp p
@@ -243,7 +250,7 @@ def _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start,
 
 class _VocabParallelLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, target, group, temperature, ignore_index, with_entropy, use_triton, block):
+    def forward(ctx, x, target, group, temperature, ignore_index, with_entropy, use_triton, block, inplace):
         # x: [N, V/tp]; target: [N] global ids
         vocab_start = tp.vocab_start(x.shape[1], group)
         keep = target != ignore_index  # [N]
@@ -256,7 +263,7 @@ class _VocabParallelLogprobs(torch.autograd.Function):
         logp = torch.where(keep, tgt - lse, 0.0)  # [N]
         ent = torch.where(keep, lse - mean_z, 0.0) if with_entropy else logp.new_empty(0)
         ctx.save_for_backward(x, target, keep, lse, local_lse, mean_z if with_entropy else lse)
-        ctx.cfg = (vocab_start, temperature, with_entropy, use_triton, block)
+        ctx.cfg = (vocab_start, temperature, with_entropy, use_triton, block, inplace)
         if not with_entropy:
             ctx.mark_non_differentiable(ent)
         return logp, ent
@@ -264,24 +271,25 @@ class _VocabParallelLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_lp, g_ent):
         x, target, keep, lse, local_lse, mean_z = ctx.saved_tensors
-        vocab_start, temperature, with_entropy, use_triton, block = ctx.cfg
+        vocab_start, temperature, with_entropy, use_triton, block, inplace = ctx.cfg
+        out = x if inplace else None  # the gradient takes over the logits' storage (bumps its version)
         g_lp = torch.where(keep, g_lp.float(), 0.0).contiguous()
         if with_entropy and g_ent is not None:
             g_ent = torch.where(keep, g_ent.float(), 0.0).contiguous()
         else:
             g_ent, mean_z = None, None
         if use_triton:
-            grad = _triton_backward(x, target, lse, mean_z, g_lp, g_ent, vocab_start, temperature, block)
+            grad = _triton_backward(x, target, lse, mean_z, g_lp, g_ent, vocab_start, temperature, block, out)
         else:
             grad = _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start, temperature,
-                                   block)
-        return grad, None, None, None, None, None, None, None
+                                   block, out)
+        return grad, None, None, None, None, None, None, None, None
 
 
 def vocab_parallel_logprobs(logits: torch.Tensor, target: torch.Tensor, *, group=None,
                             temperature: float = 1.0, ignore_index: int = -100, return_entropy: bool = False,
-                            backend: str = "auto",
-                            block: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                            backend: str = "auto", block: int | None = None,
+                            inplace_backward: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log p(target) (and entropy) from this rank's vocabulary slice of the logits.
 
     logits: [N, V/tp] float (fp32/bf16/fp16), last dim contiguous; this rank holds ids
@@ -290,6 +298,10 @@ def vocab_parallel_logprobs(logits: torch.Tensor, target: torch.Tensor, *, group
     group:  tensor-parallel process group (None: one rank)
     backend: "triton", "torch" or "auto" (CUDA -> triton, CPU -> torch)
     block:  Triton BLOCK_V (power of two) or the torch path's bytes per fp32 chunk temporary
+    inplace_backward: write the gradient into the logits' own storage instead of a new tensor (saves the
+            [N, V/tp] gradient allocation, as megatron's cross entropy does; forward never modifies the
+            logits). Only when nothing else needs the logits after this op's backward; a later backward that
+            saved them fails loudly (autograd's version check) rather than silently.
     returns (logprobs [N] fp32, entropy [N] fp32 or None)
     """
     if logits.dim() != 2 or target.shape != logits.shape[:1]:
@@ -302,9 +314,11 @@ def vocab_parallel_logprobs(logits: torch.Tensor, target: torch.Tensor, *, group
         logits = logits.contiguous()
     target = target.to(torch.int64).contiguous()
     if block is None:
-        block = DEFAULT_BLOCK_V if use_triton else DEFAULT_CHUNK_BYTES
+        block = DEFAULT_BLOCK_V if use_triton else \
+            min(DEFAULT_CHUNK_BYTES, max(1 << 20, logits.numel() * 4 // 64))
     logp, ent = _VocabParallelLogprobs.apply(logits, target, group, float(temperature), int(ignore_index),
-                                             bool(return_entropy), use_triton, int(block))
+                                             bool(return_entropy), use_triton, int(block),
+                                             bool(inplace_backward))
     return logp, (ent if return_entropy else None)
 
 

@@ -58,18 +58,21 @@ def _shaped(logp, ent, lead, sequence_first: bool, return_entropy: bool):
 def token_logprobs(logits: torch.Tensor, target: torch.Tensor, *, tp_group=None, temperature: float = 1.0,
                    ignore_index: int = -100, loss_mask: Optional[torch.Tensor] = None,
                    return_entropy: bool = False, sequence_first: bool = False, backend: str = "auto",
-                   block: Optional[int] = None):
+                   block: Optional[int] = None, inplace_backward: bool = False):
     """log p(target) per token from vocab-parallel logits.
 
     logits: [B, S, V/tp] (or [S, B, V/tp] with sequence_first=True; or [N, V/tp]), fp32/bf16/fp16
     target: [B, S] (or [N]) global token ids; positions equal to ignore_index, or where loss_mask == 0, give 0
             and no gradient
+    inplace_backward: the logits' gradient is written over the logits (no second [tokens, V/tp] tensor);
+            forward never modifies them. Use when the logits are not needed after the backward pass.
     returns logprobs [B, S] fp32, or (logprobs, entropy) when return_entropy
     """
     flat_t, lead = _flat_target(logits, target, loss_mask, ignore_index, sequence_first)
     logp, ent = vocab_parallel_logprobs(logits.reshape(-1, logits.shape[-1]), flat_t, group=tp_group,
                                         temperature=temperature, ignore_index=ignore_index,
-                                        return_entropy=return_entropy, backend=backend, block=block)
+                                        return_entropy=return_entropy, backend=backend, block=block,
+                                        inplace_backward=inplace_backward)
     return _shaped(logp, ent, lead, sequence_first, return_entropy)
 
 

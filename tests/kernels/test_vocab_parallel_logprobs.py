@@ -170,3 +170,33 @@ def test_fused_facade_sequence_first_and_mask_match_reference():
                                                torch.where(mask.bool(), t, -100).reshape(-1))
     torch.testing.assert_close(ours, ref.view(b, s), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent, rent.view(b, s), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend,block", [("triton", 128), ("torch", 4096)])
+@pytest.mark.parametrize("dtype,entropy,temperature", [(torch.float32, False, 1.0), (torch.float32, True, 0.8),
+                                                       (torch.bfloat16, False, 1.3)])
+def test_inplace_backward_writes_the_gradient_over_the_logits(backend, block, dtype, entropy, temperature):
+    x, t, g_lp, g_ent = _case(37, 301, dtype, seed=17)
+    leaf = x.clone().requires_grad_()
+    logits = leaf * 1.0  # a non-leaf, as a model's output layer produces
+    lp, ent = vocab_parallel_logprobs(logits, t, temperature=temperature, return_entropy=entropy,
+                                      backend=backend, block=block, inplace_backward=True)
+    assert torch.equal(logits.detach(), x), "forward must not modify the logits"
+    ((lp * g_lp).sum() + ((ent * g_ent).sum() if entropy else 0.0)).backward()
+    # d(leaf * 1)/d leaf = 1: the logits' storage now holds exactly the gradient handed to the leaf
+    assert torch.equal(logits.detach(), leaf.grad), "the gradient should live in the logits' storage"
+    x_ref = x.double().requires_grad_()
+    rlp, rent = reference.token_logprobs(x_ref, t, temperature)
+    ((rlp * g_lp).sum() + ((rent * g_ent).sum() if entropy else 0.0)).backward()
+    torch.testing.assert_close(leaf.grad.double(), x_ref.grad.to(dtype).double(), atol=TOL[dtype][2], rtol=1e-5)
+
+
+def test_inplace_backward_is_refused_loudly_when_logits_are_needed_later():
+    x = torch.randn(6, 40, requires_grad=True)
+    logits = x * 2.0
+    t = torch.randint(0, 40, (6,))
+    lp = token_logprobs(logits, t, backend="torch", inplace_backward=True)
+    other = (logits ** 2).sum()  # saves the logits for its own backward
+    lp.sum().backward(retain_graph=True)  # overwrites the logits with their gradient
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        other.backward()
