@@ -3,8 +3,11 @@
 Methods, all in one process on the same weights (a seeded random ``transformers.LlamaForCausalLM``; our side
 imports it with ``import_hf``), timed in interleaved rounds so that machine load hits them alike:
 - ``hf``: ``model.generate(do_sample=False, use_cache=True)`` on left-padded prompts with an attention mask;
-- ``ours``: ``MegatronGenerationBackend`` with megatron's static KV cache (``use_kv_cache=True``);
-- ``ours_nocache``: the same backend recomputing the whole sequence every step (``use_kv_cache=False``).
+- ``hf_inference_mode``: the same under ``torch.inference_mode()``;
+- ``ours``: ``MegatronGenerationBackend`` with its default engine (the lean decode path with a preallocated KV
+  cache); ``ours_logprobs``: also returning per-token log-probs;
+- ``ours_megatron_cache``: ``engine="megatron"``: megatron's own forward with its ``StaticInferenceContext``;
+- ``ours_nocache``: the backend recomputing the whole sequence every step (``use_kv_cache=False``).
 
 Model: Llama architecture, 4 layers, hidden 256, 4 heads of 64 channels with 2 KV groups (GQA), intermediate
 688 (Llama's ``multiple_of(8/3 * hidden, 16)``), untied embeddings, vocabulary 8000: about 7M parameters,
