@@ -3,6 +3,8 @@
     megatron-align demo [key=value ...]         short SFT of a tiny model on built-in data (the README's job)
     megatron-align convert --from-hf DIR --out CKPT | --to-hf CKPT --out DIR
     megatron-align plot RUN_DIR                 PNG curves of a run's logged metrics (RUN_DIR/plots/)
+    megatron-align steer --prompt TEXT [--values quality:4,humor:0,...] --url URL | --checkpoint DIR
+                                                a SteerLM model's answer, steered by attribute values
     megatron-align version
 
 Sub-commands that take a config accept the seed documents' override syntax (``key=value``, ``++key=value``,
@@ -80,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_align.models.hf.cli import convert_main
 
         return convert_main(rest)
+    if cmd == "steer":
+        from megatron_align.steerlm.steer_cli import main as steer_main
+
+        return steer_main(rest)
     if cmd == "plot":
         if len(rest) != 1:
             print("usage: megatron-align plot RUN_DIR", file=sys.stderr)
