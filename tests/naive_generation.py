@@ -29,6 +29,21 @@ def greedy(model, tokenizer, prompt_ids: list[int], max_new: int, end_strings=()
     return ids
 
 
+def is_greedy_continuation(model, tokenizer, prompt_len: int, ids: list[int], tie_tol: float = 1e-4) -> bool:
+    """``ids`` (prompt + generated) is a greedy sequence of ``model``: every generated token's logit is within
+    ``tie_tol`` of the row's maximum (argmax up to ties, which batched and unbatched matmuls may break
+    differently on a random tiny model)."""
+    model.eval()
+    if len(ids) <= prompt_len:
+        return True
+    logits = _logits(model, ids)[:, :tokenizer.vocab_size]  # [S, V]
+    for t in range(prompt_len, len(ids)):
+        row = logits[t - 1]
+        if float(row.max() - row[ids[t]]) > tie_tol:
+            return False
+    return True
+
+
 def logprobs(model, ids: list[int]) -> tuple[list[float], torch.Tensor]:
     """log p(ids[t] | ids[:t]) for t >= 1, over the padded vocabulary, and the full log-softmax rows
     ``[len - 1, V_padded]``."""

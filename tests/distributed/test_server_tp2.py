@@ -117,5 +117,10 @@ def test_offline_mode_with_two_data_parallel_replicas(jobs, ckpts):
     tok = ckpts["tokenizer"]
     policy = build_gpt_model(ckpts["policy_cfg"], vocab_size=tok.vocab_size)
     load_checkpoint(ckpts["policy"], policy)
-    assert res["token_ids"] == [ref.greedy(policy, tok, tok.text_to_ids(p), 4) for p in OFFLINE_PROMPTS]
+    expected = [ref.greedy(policy, tok, tok.text_to_ids(p), 4) for p in OFFLINE_PROMPTS]
+    assert [len(r) for r in res["token_ids"]] == [len(e) for e in expected]
+    for got, want, p in zip(res["token_ids"], expected, OFFLINE_PROMPTS):
+        # equal, or a different argmax among near-equal logits (a tie broken differently by batching)
+        n_prompt = len(tok.text_to_ids(p))
+        assert got == want or ref.is_greedy_continuation(policy, tok, n_prompt, got), (got, want)
     assert [s[:len(p)] for s, p in zip(res["sentences"], OFFLINE_PROMPTS)] == OFFLINE_PROMPTS

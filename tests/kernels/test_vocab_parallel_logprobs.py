@@ -173,7 +173,8 @@ def test_fused_facade_sequence_first_and_mask_match_reference():
 
 
 @pytest.mark.parametrize("backend,block", [("triton", 128), ("torch", 4096)])
-@pytest.mark.parametrize("dtype,entropy,temperature", [(torch.float32, False, 1.0), (torch.float32, True, 0.8),
+@pytest.mark.parametrize("dtype,entropy,temperature", [(torch.float32, False, 1.0), (torch.float32, True,
+0.8),
                                                        (torch.bfloat16, False, 1.3)])
 def test_inplace_backward_writes_the_gradient_over_the_logits(backend, block, dtype, entropy, temperature):
     x, t, g_lp, g_ent = _case(37, 301, dtype, seed=17)
@@ -188,7 +189,8 @@ def test_inplace_backward_writes_the_gradient_over_the_logits(backend, block, dt
     x_ref = x.double().requires_grad_()
     rlp, rent = reference.token_logprobs(x_ref, t, temperature)
     ((rlp * g_lp).sum() + ((rent * g_ent).sum() if entropy else 0.0)).backward()
-    torch.testing.assert_close(leaf.grad.double(), x_ref.grad.to(dtype).double(), atol=TOL[dtype][2], rtol=1e-5)
+    torch.testing.assert_close(leaf.grad.double(), x_ref.grad.to(dtype).double(), atol=TOL[dtype][2],
+    rtol=1e-5)
 
 
 def test_inplace_backward_is_refused_loudly_when_logits_are_needed_later():
