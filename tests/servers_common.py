@@ -89,6 +89,12 @@ class ServerProcess:
         return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
+        # torchrun's workers run in sessions of their own: kill each rank as well as the launcher's group
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
