@@ -1,6 +1,6 @@
 """The ``megatron-align`` command: one entry point, one sub-command per job.
 
-    megatron-align demo [key=value ...]         short SFT of a tiny model on built-in data (the README's job)
+    megatron-align demo [key=value ...]         SteerLM end to end on built-in data (the README's job)
     megatron-align convert --from-hf DIR --out CKPT | --to-hf CKPT --out DIR
     megatron-align plot RUN_DIR                 PNG curves of a run's logged metrics (RUN_DIR/plots/)
     megatron-align steer --prompt TEXT [--values quality:4,humor:0,...] --url URL | --checkpoint DIR
@@ -31,33 +31,28 @@ def _launch_world_size() -> int:
 
 
 def demo(argv: list[str]) -> int:
-    """``megatron-align demo``: load the config (one-line errors), then run the demo."""
+    """``megatron-align demo``: load the config (one-line errors), run the SteerLM demo, print the table."""
     import warnings
 
-    from megatron_align.algorithms.demo import DemoConfig
     from megatron_align.config import check_launch_matches, load_config, run_cli
+    from megatron_align.steerlm.demo_config import DemoConfig, with_size_preset
 
     def main():
         world = _launch_world_size()
-        cfg = load_config(DemoConfig, None, argv)
+        cfg = load_config(DemoConfig, None, with_size_preset(argv))
         check_launch_matches(cfg, world)
         _setup_logging()
         warnings.filterwarnings("ignore")
-        from megatron_align.algorithms.demo import run_demo
-
-        summary = run_demo(cfg)
         from megatron_align.distributed.launch import shutdown
+        from megatron_align.steerlm.demo import run_demo
 
-        rank0 = summary and _is_rank0()
+        results = run_demo(cfg)
         shutdown()
-        if rank0:
-            print(f"\nrun directory   {summary['run_dir']}")
-            print(f"checkpoint      {summary['checkpoint']}")
-            print(f"train loss      {summary['first_train_loss']:.3f} -> {summary['last_train_loss']:.3f}")
-            print(f"val loss        {summary['val_loss_before']:.3f} -> {summary['val_loss_after']:.3f}")
-            if "sample_answer" in summary:
-                print(f"sample          {summary['sample_question']!r} -> {summary['sample_answer']!r}")
-            print(f"time            {summary['seconds']:.1f} s for {summary['steps']} steps")
+        if _is_rank0():
+            seconds = results["wall_seconds"]
+            print(f"\nSteerLM demo: requested vs rule-measured attribute values ({seconds:.0f} s)")
+            print(results["table"], end="")
+            print(f"run directory   {results['run_dir']}  (results.json, table.md, steering.png)")
         return 0
 
     return run_cli(main)

@@ -1,8 +1,8 @@
 """Every YAML in conf/ loads into its schema and equals the schema's defaults (the YAML documents, the
 dataclasses decide)."""
 
-from megatron_align.algorithms.demo import DemoConfig
 from megatron_align.config import load_config
+from megatron_align.steerlm.demo_config import DemoConfig
 from tests.helpers import ROOT
 
 
