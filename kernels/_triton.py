@@ -28,3 +28,18 @@ def triton_usable(t: torch.Tensor) -> bool:
     if not triton_importable():
         return False
     return t.is_cuda or (t.device.type == "cpu" and interpreting())
+
+
+def choose_triton(backend: str, t: torch.Tensor) -> bool:
+    """``backend`` ("auto" | "triton" | "torch") -> whether to launch the Triton kernels on ``t``. "auto"
+    takes Triton for CUDA tensors and the torch path for CPU ones; "triton" fails where Triton cannot run."""
+    if backend == "triton":
+        if not triton_usable(t):
+            raise RuntimeError("backend='triton' needs triton and a CUDA tensor "
+                               "(or TRITON_INTERPRET=1 on CPU)")
+        return True
+    if backend == "torch":
+        return False
+    if backend != "auto":
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    return t.is_cuda and triton_usable(t)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels import tp
-from kernels._triton import triton_usable
+from kernels._triton import choose_triton as _choose_triton
 
 # torch path: a [CHUNK_N, CHUNK_V] fp32 tile is 8 MiB (see the module docstring for the budget).
 TORCH_CHUNK_N = 512
@@ -282,16 +282,3 @@ def fused_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: to
     logp, ent = _FusedLinearLogprobs.apply(hidden, weight, bias, target, group, float(temperature),
                                            int(ignore_index), bool(return_entropy), cfg)
     return logp, (ent if return_entropy else None)
-
-
-def _choose_triton(backend: str, t: torch.Tensor) -> bool:
-    if backend == "triton":
-        if not triton_usable(t):
-            raise RuntimeError("backend='triton' needs triton and a CUDA tensor "
-                               "(or TRITON_INTERPRET=1 on CPU)")
-        return True
-    if backend == "torch":
-        return False
-    if backend != "auto":
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    return t.is_cuda and triton_usable(t)

@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from kernels._triton import triton_usable
+from kernels._triton import choose_triton as _choose_triton
 
 DEFAULT_BLOCK = 128  # Triton values per block; groups larger than this are looped over
 
@@ -257,16 +257,3 @@ def group_kl(logp: torch.Tensor, logq: torch.Tensor, offsets: torch.Tensor) -> t
     terms = torch.where(live, torch.exp(lp) * (lp - lq), 0.0)  # [M]
     seg = segment_ids(offsets, logp.numel())  # [M]
     return torch.zeros(offsets.numel() - 1, device=logp.device).index_add(0, seg, terms)  # [G]
-
-
-def _choose_triton(backend: str, t: torch.Tensor) -> bool:
-    if backend == "triton":
-        if not triton_usable(t):
-            raise RuntimeError("backend='triton' needs triton and a CUDA tensor "
-                               "(or TRITON_INTERPRET=1 on CPU)")
-        return True
-    if backend == "torch":
-        return False
-    if backend != "auto":
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    return t.is_cuda and triton_usable(t)

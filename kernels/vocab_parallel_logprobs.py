@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from kernels import tp
-from kernels._triton import triton_usable
+from kernels._triton import choose_triton as _choose_triton
 
 # CPU path: rows per chunk are chosen so that one fp32 [rows, V/tp] work buffer is about this many bytes
 # (at most 1/64 of the fp32 logits' size, and at least 1 MiB).
@@ -320,16 +320,3 @@ def vocab_parallel_logprobs(logits: torch.Tensor, target: torch.Tensor, *, group
                                              bool(return_entropy), use_triton, int(block),
                                              bool(inplace_backward))
     return logp, (ent if return_entropy else None)
-
-
-def _choose_triton(backend: str, t: torch.Tensor) -> bool:
-    if backend == "triton":
-        if not triton_usable(t):
-            raise RuntimeError("backend='triton' needs triton and a CUDA tensor "
-                               "(or TRITON_INTERPRET=1 on CPU)")
-        return True
-    if backend == "torch":
-        return False
-    if backend != "auto":
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    return t.is_cuda and triton_usable(t)
