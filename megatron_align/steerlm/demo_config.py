@@ -74,7 +74,7 @@ class DemoDataSection:
     """Chats of the base model (labels removed) and of the reward model (their labels)."""
     num_val: int = 200
     """Held-out chats: validation of every stage and the reward model's MAE."""
-    num_ac_sft: int = 2000
+    num_ac_sft: int = 3000
     """Fresh chats the reward model re-annotates for attribute-conditioned SFT (step 2)."""
     tokenizer_vocab_size: int = 1000
     """Sentencepiece pieces trained on the chats."""
@@ -100,7 +100,7 @@ class StageSection:
 class BaseModelSection(StageSection):
     """``base_model.*``: the tiny language model trained on unlabelled chats (the starting point)."""
 
-    max_steps: int = 150
+    max_steps: int = 120
     answer_only_loss: bool = False
     """False: next-token loss on the whole chat (a plain LM); True: assistant turns only."""
 
@@ -128,8 +128,8 @@ class AnnotationSection:
 class AcSftSection(StageSection):
     """``ac_sft.*``: step 3, attribute-conditioned SFT on the annotated chats, from the base model."""
 
-    max_steps: int = 360
-    val_check_interval: int = 60
+    max_steps: int = 600
+    val_check_interval: int = 100
 
 
 @dataclass
