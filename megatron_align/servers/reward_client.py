@@ -37,6 +37,16 @@ class RewardServerError(UserError):
     prefix = "reward server error"
 
 
+def http_error_detail(e: urllib.error.HTTPError) -> str:
+    """The ``error`` field of a JSON error body (our servers' 4xx/5xx answers), else the body's text, on one
+    line and at most 500 characters."""
+    detail = " ".join(e.read().decode("utf-8", "replace").split())[:500]
+    try:
+        return json.loads(detail).get("error", detail)
+    except (ValueError, AttributeError):
+        return detail
+
+
 class _Retryable(Exception):
     pass
 
@@ -64,11 +74,7 @@ class RewardClient:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
-            detail = " ".join(e.read().decode("utf-8", "replace").split())[:500]
-            try:
-                detail = json.loads(detail).get("error", detail)
-            except (ValueError, AttributeError):
-                pass
+            detail = http_error_detail(e)
             msg = f"{self.where} answered HTTP {e.code} to PUT /infer: {detail or e.reason}"
             if e.code in RETRY_STATUS:
                 raise _Retryable(msg) from None

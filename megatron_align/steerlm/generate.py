@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from megatron_align.servers.reward_client import http_error_detail
 from megatron_align.steerlm.steer import SteerError
 
 logger = logging.getLogger(__name__)
@@ -79,11 +80,7 @@ def put_json(url: str, body: dict, timeout: float, what: str) -> dict:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read().decode("utf-8"))
     except urllib.error.HTTPError as e:
-        text = e.read().decode("utf-8", errors="replace")
-        try:
-            text = json.loads(text).get("error", text)
-        except (ValueError, AttributeError):
-            pass
+        text = http_error_detail(e)
         raise SteerError(f"{what} at {url} refused the request (HTTP {e.code}): {text}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
