@@ -169,7 +169,7 @@ def run_rm(cfg: RMConfig) -> dict:
     from megatron_align.training.checkpointing import CheckpointManager
     from megatron_align.training.lr import apply_lr, lr_at
     from megatron_align.training.metrics import MetricsWriter
-    from megatron_align.training.sampler import GlobalBatchSampler
+    from megatron_align.training.sampler import GlobalBatchSampler, total_steps
     from megatron_align.training.setup import prepare_for_training
     from megatron_align.training.step import NonFiniteError, evaluate, train_step
 
@@ -208,10 +208,7 @@ def run_rm(cfg: RMConfig) -> dict:
     dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     sampler = GlobalBatchSampler(len(train_ds), gbs, mbs, dp_rank, dp, seed=m.seed,
                                  shuffle=rm.train_random_sampler)
-    steps_per_epoch = max(1, len(train_ds) // gbs)
-    max_steps = steps_per_epoch * rm.max_epochs
-    if rm.max_steps > 0:
-        max_steps = min(max_steps, rm.max_steps) if rm.max_epochs > 0 else rm.max_steps
+    max_steps = total_steps(len(train_ds), gbs, rm.max_epochs, rm.max_steps)
 
     # --- model, optimizer, restore or resume ---
     model = build_reward_model(model_cfg, precision=cfg.trainer.precision)

@@ -141,7 +141,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     from megatron_align.training.checkpointing import CheckpointManager
     from megatron_align.training.lr import apply_lr, lr_at
     from megatron_align.training.metrics import MetricsWriter
-    from megatron_align.training.sampler import GlobalBatchSampler
+    from megatron_align.training.sampler import GlobalBatchSampler, total_steps
     from megatron_align.training.setup import prepare_for_training
     from megatron_align.training.step import NonFiniteError, eval_loss, train_step
 
@@ -176,10 +176,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     tds = m.data.train_ds
     sampler = GlobalBatchSampler(len(train_ds), tds.global_batch_size, tds.micro_batch_size, dp_rank, dp,
                                  seed=m.seed, shuffle=tds.shuffle)
-    steps_per_epoch = max(1, len(train_ds) // tds.global_batch_size)
-    max_steps = steps_per_epoch * sft.max_epochs
-    if sft.max_steps > 0:
-        max_steps = min(max_steps, sft.max_steps) if sft.max_epochs > 0 else sft.max_steps
+    max_steps = total_steps(len(train_ds), tds.global_batch_size, sft.max_epochs, sft.max_steps)
 
     # --- model, optimizer, restore or resume ---
     model = build_gpt_model(model_cfg, precision=cfg.trainer.precision)

@@ -49,3 +49,12 @@ class GlobalBatchSampler:
         per_rank = self.gbs // self.dp_size
         mine = idx[self.dp_rank * per_rank:(self.dp_rank + 1) * per_rank]
         return [mine[i:i + self.mbs] for i in range(0, per_rank, self.mbs)]
+
+
+def total_steps(num_items: int, global_batch_size: int, max_epochs: int, max_steps: int) -> int:
+    """Optimizer steps of a run: ``max_epochs`` passes over ``num_items`` (whole global batches), capped by
+    ``max_steps`` when it is > 0 (``max_epochs <= 0`` means ``max_steps`` alone decides)."""
+    steps = max(1, num_items // global_batch_size) * max_epochs
+    if max_steps > 0:
+        steps = min(steps, max_steps) if max_epochs > 0 else max_steps
+    return steps
