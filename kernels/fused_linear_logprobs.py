@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import tp
+from kernels import _cpu_pages, tp
 from kernels._triton import choose_triton as _choose_triton
 
 # torch path: a [CHUNK_N, CHUNK_V] fp32 tile is 8 MiB (see the module docstring for the budget).
@@ -142,7 +142,7 @@ def _backward(h, w, b, tloc, lse, mz, g_lp, g_ent, inv_t, needs, cfg):
     mm_dtype = h.dtype if cfg.use_triton else torch.float32  # triton: gz in input dtype for tensor cores
     h_mm = h.to(mm_dtype)  # [N, H]
     gh = torch.zeros((n, h.shape[1]), dtype=torch.float32, device=h.device) if need_h else None
-    gw = torch.empty_like(w) if need_w else None
+    gw = _cpu_pages.empty_like(w) if need_w else None
     gb = torch.empty_like(b) if need_b else None
     if cfg.use_triton:
         from kernels._fused_linear_triton import grad_z_tile

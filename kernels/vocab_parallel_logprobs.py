@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import torch
 
-from kernels import tp
+from kernels import _cpu_pages, tp
 from kernels._triton import choose_triton as _choose_triton
 
 # CPU path: rows per chunk are chosen so that one fp32 [rows, V/tp] work buffer is about this many bytes
 # (at most 1/64 of the fp32 logits' size, and at least 1 MiB).
-DEFAULT_CHUNK_BYTES = 16 << 20
+DEFAULT_CHUNK_BYTES = 4 << 20
 DEFAULT_BLOCK_V = 4096
 
 
@@ -186,27 +186,37 @@ def _torch_forward(x, target, vocab_start, temperature, with_entropy, chunk_byte
     tgt = torch.where(here, tgt, 0.0)
     if n == 0:
         return lse, tgt, mean_z
-    # 2. per chunk of rows: m = max z, e = exp(z - m), lse = m + log sum e (and E[z] = sum e z / sum e);
-    #    the input is only read
+    # 2. per chunk of rows: lse = m + log sum exp(z - m); the input is only read
     ch = _Chunks(x, chunk_bytes)
     for i, j in ch:
         z = ch.z(i, j, inv_t, own=with_entropy)  # [r, V/tp]
-        m = ch.buf("max", j - i, 1)
-        e = ch.buf("exp", j - i)
-        torch.amax(z, dim=1, keepdim=True, out=m)
-        torch.sub(z, m, out=e).exp_()
-        total = e.sum(dim=1)  # [r]
-        lse[i:j] = total.log() + m.squeeze(1)
         if with_entropy:
+            m = ch.buf("max", j - i, 1)
+            e = ch.buf("exp", j - i)
+            torch.amax(z, dim=1, keepdim=True, out=m)
+            torch.sub(z, m, out=e).exp_()
+            total = e.sum(dim=1)  # [r]
+            lse[i:j] = total.log() + m.squeeze(1)
             z.clamp_(min=torch.finfo(torch.float32).min)  # e = 0 where z = -inf: contributes 0, not nan
             mean_z[i:j] = torch.linalg.vecdot(e, z) / total
+        else:
+            # aten's fused log-softmax (one vectorized kernel, the chunk stays in cache) gives
+            # ls = z - m - log s; at the row's argmax ls is exactly -log s, so lse = z[argmax] - max(ls)
+            ls = ch.buf("logsm", j - i)
+            torch.ops.aten._log_softmax.out(z, 1, False, out=ls)
+            top, at = ls.max(dim=1, keepdim=True)  # [r, 1]
+            lse[i:j] = (z.gather(1, at) - top).squeeze(1)
+    if not with_entropy:
+        empty = lse.isnan()  # rows of only -inf logits (log-softmax is nan there): lse = -inf
+        if empty.any():
+            lse[empty] = -float("inf")
     return lse, tgt, mean_z
 
 
 def _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start, temperature, chunk_bytes,
                     out=None):
     n, v_local = x.shape
-    grad = torch.empty_like(x) if out is None else out
+    grad = _cpu_pages.empty_like(x) if out is None else out  # fresh pages fault in as 2 MiB pages
     if n == 0:
         return grad
     inv_t = 1.0 / temperature
@@ -216,8 +226,10 @@ def _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start,
     ch = _Chunks(x, chunk_bytes)
     # p_j = exp(z_j - lse) = softmax_local(z)_j * exp(lse_local - lse): the local softmax is one fused pass
     rescale = torch.exp(local_lse - lse)  # [N], 1 at TP=1
+    g_t = g_lp * inv_t  # [N]: d/dx = (d/dz) / T, folded into the per-row scale
     for i, j in ch:
         work = grad[i:j] if in_place else ch.buf("work", j - i)
+        rows = here[i:j].nonzero().squeeze(1)  # rows whose target id this rank holds
         if g_ent is not None:
             # dz = -g_lp p - g_ent p (z - E[z])  =  -p * (g_ent (z - E[z]) + g_lp); 0 where p = 0
             z = ch.z(i, j, inv_t, own=True)
@@ -225,21 +237,19 @@ def _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start,
             torch.sub(z, lse[i:j].unsqueeze(1), out=p).exp_()
             z.clamp_(min=torch.finfo(torch.float32).min)
             torch.sub(z, mean_z[i:j].unsqueeze(1), out=work)
-            work.mul_(g_ent[i:j].unsqueeze(1)).add_(g_lp[i:j].unsqueeze(1)).mul_(p).neg_()
-        elif in_place and grad.data_ptr() == x.data_ptr():
-            # the gradient overwrites the logits (inplace_backward): p = exp(z - lse) element by element
-            if inv_t != 1.0:
-                work.mul_(inv_t)
-            work.sub_(lse[i:j].unsqueeze(1)).exp_().mul_(-g_lp[i:j].unsqueeze(1))  # -g_lp p
+            work.mul_(g_ent[i:j].unsqueeze(1)).add_(g_lp[i:j].unsqueeze(1)).mul_(p).mul_(-inv_t)
         else:
-            torch.ops.aten._softmax.out(ch.z(i, j, inv_t, own=False), 1, False, out=work)  # local softmax
-            work.mul_((-g_lp[i:j] * rescale[i:j]).unsqueeze(1))  # -g_lp p
-        # + g_lp at the target column (rows whose target is held by this rank)
-        rows = here[i:j].nonzero().squeeze(1)
+            # the local softmax in one fused pass; with inplace_backward (grad is x) it overwrites the logits
+            # row by row, which aten's softmax allows (each row is read before it is written)
+            if work.data_ptr() == x[i:j].data_ptr():
+                z = work.mul_(inv_t) if inv_t != 1.0 else work
+            else:
+                z = ch.z(i, j, inv_t, own=False)
+            torch.ops.aten._softmax.out(z, 1, False, out=work)
+            work.mul_((-g_t[i:j] * rescale[i:j]).unsqueeze(1))  # -g_lp p / T
+        # + g_lp / T at the target column
         if rows.numel():
-            work.index_put_((rows, local_t[i:j][rows]), g_lp[i:j][rows], accumulate=True)
-        if inv_t != 1.0:
-            work.mul_(inv_t)
+            work.index_put_((rows, local_t[i:j][rows]), g_t[i:j][rows], accumulate=True)
         if not in_place:
             grad[i:j].copy_(work)
     return grad

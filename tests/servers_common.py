@@ -31,6 +31,14 @@ TEXTS = [SYSTEM, "System", "User", "Assistant", "Write a poem on NVIDIA in the s
 
 def make_checkpoints(root: Path) -> dict:
     """A policy and a reward model checkpoint under ``root`` (needs the 1-rank megatron groups)."""
+    import torch
+
+    with torch.random.fork_rng():  # the same weights whatever ran before in this process
+        torch.manual_seed(20261122)
+        return _make_checkpoints(root)
+
+
+def _make_checkpoints(root: Path) -> dict:
     from megatron_align.models.checkpoint import save_checkpoint
     from megatron_align.models.gpt import build_gpt_model
     from megatron_align.models.reward import build_reward_model
