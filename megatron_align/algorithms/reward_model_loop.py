@@ -42,19 +42,14 @@ from megatron_align.algorithms.reward_model import (
     split_files,
 )
 from megatron_align.config import ConfigError
+from megatron_align.distributed.launch import compute_device
 
 logger = logging.getLogger(__name__)
 
 
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def rm_forward_step(loss_fn, data_iterator, model):
     """megatron forward_step_func: rewards ``[B, A]`` at each row's last real token, then ``loss_fn``."""
-    batch = {k: v.to(_device()) for k, v in next(data_iterator).items()}
+    batch = {k: v.to(compute_device()) for k, v in next(data_iterator).items()}
     output = model(batch["tokens"], batch["position_ids"], None, lengths=batch["lengths"])
     return output, partial(loss_fn, batch)
 
@@ -82,7 +77,7 @@ class Objective:
         """All-reduce this rank's ``rm`` sums (zeros on non-last pipeline stages); every rank calls it."""
         local = sums.get("rm")
         vec = torch.zeros(self.metric_size, dtype=torch.float64) if local is None else local.double()
-        vec = vec.to(_device())
+        vec = vec.to(compute_device())
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(vec)
         return vec.cpu().numpy()
@@ -256,7 +251,7 @@ def run_rm(cfg: RMConfig) -> dict:
             step += 1
             consumed += m.global_batch_size
             tokens = torch.tensor([float(sum(int(b["lengths"].sum()) for b in microbatches))],
-                                  device=_device())
+                                  device=compute_device())
             torch.distributed.all_reduce(tokens, group=ps.get_data_parallel_group())
             tokens_seen += float(tokens)
             rows_seen += rows_per_mb * len(microbatches) * dp

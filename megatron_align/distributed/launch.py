@@ -163,6 +163,14 @@ def start(
     return env
 
 
+def compute_device() -> torch.device:
+    """Where this rank's model, batches and default-group collectives live: the current CUDA device (NCCL
+    only reduces CUDA tensors), else the CPU (gloo)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def shutdown() -> None:
     """Destroy megatron's groups and the default process group."""
     from megatron.core import parallel_state as ps

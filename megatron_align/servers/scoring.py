@@ -18,11 +18,7 @@ from typing import Optional
 
 import torch
 
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+from megatron_align.distributed.launch import compute_device
 
 
 def _pad(seqs: list[list[int]], pad_id: int, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +36,7 @@ def _forward_only(model, tokens: torch.Tensor, lengths: torch.Tensor, micro_batc
     """``head(output, tokens_mb, lengths_mb)`` of each micro-batch, on the last stage ([] elsewhere)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    dev = _device()
+    dev = compute_device()
     b, s = tokens.shape
     batches = []
     for i in range(0, b, micro_batch_size):
@@ -71,7 +67,7 @@ def _from_last_stage(result: Optional[torch.Tensor], shape: tuple, dtype=torch.f
     if ps.get_pipeline_model_parallel_world_size() == 1:
         return result
     buf = result.contiguous() if ps.is_pipeline_last_stage(ignore_virtual=True) else torch.empty(
-        shape, dtype=dtype, device=_device())
+        shape, dtype=dtype, device=compute_device())
     torch.distributed.broadcast(buf, src=ps.get_pipeline_model_parallel_last_rank(),
                                 group=ps.get_pipeline_model_parallel_group())
     return buf

@@ -13,6 +13,8 @@ from functools import partial
 
 import torch
 
+from megatron_align.distributed.launch import compute_device
+
 
 def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     """``output_tensor``: per-token cross entropy ``[B, S]`` from GPTModel(labels=...);
@@ -25,7 +27,7 @@ def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 def lm_forward_step(data_iterator, model):
     """megatron forward_step_func for causal-LM training batches (tokens, labels, loss_mask, position_ids)."""
-    batch = next(data_iterator)
+    batch = next(data_iterator).to(compute_device())  # collated on the CPU
     mask = batch.get("attention_mask")
     if mask is None and batch.get("cu_seqlens") is not None:
         mask = batch.attention_mask()  # packed rows: [B, 1, S, S], causal within each sample only

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from megatron_align.distributed.launch import compute_device
 from megatron_align.training.schedule import forward_backward
 
 
@@ -32,9 +33,10 @@ class StepResult:
 
 def reduce_loss(res: dict) -> tuple[float, float]:
     """(mean loss, tokens) over the whole job; non-last pipeline stages contribute zeros."""
-    t = torch.tensor([res["loss_sum"], res["num_tokens"]], dtype=torch.float64)
+    t = torch.tensor([res["loss_sum"], res["num_tokens"]], dtype=torch.float64, device=compute_device())
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(t)
+    t = t.cpu()
     tokens = float(t[1])
     return (float(t[0]) / tokens if tokens > 0 else float("nan")), tokens
 
