@@ -1,5 +1,5 @@
 """kernels/_cpu_pages.py: a large CPU output tensor gets the huge-page advice on its own mapping (VmFlags
-``hg`` in /proc/self/smaps), a small one and non-CPU paths are left alone, and values are untouched."""
+``hg`` in /proc/self/smaps), tensors outside [MIN_BYTES, MAX_BYTES] are left alone, values are untouched."""
 
 import sys
 
@@ -38,12 +38,15 @@ def test_large_cpu_tensor_is_advised_and_usable():
 
 
 @linux_only
-def test_tensor_below_the_threshold_is_left_alone():
+def test_tensors_outside_the_size_window_are_left_alone():
     plain = torch.empty(_cpu_pages.MIN_BYTES // 4 + 4096)  # control: a plain allocation carries no advice
     assert "hg" not in _vm_flags(plain.data_ptr() + plain.nbytes // 2)
     small = torch.empty(_cpu_pages.MIN_BYTES // 4 - 4096)
     assert _cpu_pages.advise_huge_pages(small) is small
     assert "hg" not in _vm_flags(small.data_ptr() + small.nbytes // 2)
+    huge = torch.empty(_cpu_pages.MAX_BYTES // 4 + 4096)  # never touched: no memory is used
+    _cpu_pages.advise_huge_pages(huge)
+    assert "hg" not in _vm_flags(huge.data_ptr() + huge.nbytes // 2)
 
 
 def test_non_contiguous_input_gives_contiguous_output():
