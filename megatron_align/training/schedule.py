@@ -25,9 +25,16 @@ def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss_sum, num_tokens, {"lm_loss": torch.stack([loss_sum.detach(), mask.sum().detach()])}
 
 
+def _on_device(batch, device):
+    """A ``Batch`` or a plain dict of tensors, moved to ``device`` (no copy when already there)."""
+    if isinstance(batch, dict):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch.to(device)
+
+
 def lm_forward_step(data_iterator, model):
     """megatron forward_step_func for causal-LM training batches (tokens, labels, loss_mask, position_ids)."""
-    batch = next(data_iterator).to(compute_device())  # collated on the CPU
+    batch = _on_device(next(data_iterator), compute_device())  # collated on the CPU
     mask = batch.get("attention_mask")
     if mask is None and batch.get("cu_seqlens") is not None:
         mask = batch.attention_mask()  # packed rows: [B, 1, S, S], causal within each sample only
