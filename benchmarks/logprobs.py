@@ -12,7 +12,10 @@ Methods (each measured in its own fresh process, so no method inherits another's
   forward (which never modifies them), as megatron does, so no second [N, V] tensor is allocated;
 - ``hidden+naive``: the LM-head matmul ``hidden @ weight.T`` followed by ``naive``: the time and memory any
   from-logits method adds to ``ours_fused``'s job;
-- ``ours_fused``: ``megatron_align.logprobs.fused_lm_head_logprobs`` from hidden states and the output weight.
+- ``ours_fused``: ``megatron_align.logprobs.fused_lm_head_logprobs`` from hidden states and the output weight;
+- ``ours_fused_main_grad``: the same with ``accumulate_into_main_grad=True``: the weight gradient is added to
+  a preallocated fp32 ``weight.main_grad`` (megatron DDP's gradient buffer, counted as an input) instead of
+  being allocated, as megatron's gradient accumulation fusion does.
 
 What is measured, per (N tokens, V vocabulary, dtype):
 - ``extra``: the process's peak resident size during forward + backward (``/proc/self/clear_refs`` resets the
@@ -42,8 +45,9 @@ import subprocess
 import sys
 import time
 
-METHODS = ("naive", "trl", "megatron", "ours", "ours_inplace", "hidden+naive", "ours_fused")
-FROM_HIDDEN = ("hidden+naive", "ours_fused")
+METHODS = ("naive", "trl", "megatron", "ours", "ours_inplace", "hidden+naive", "ours_fused",
+           "ours_fused_main_grad")
+FROM_HIDDEN = ("hidden+naive", "ours_fused", "ours_fused_main_grad")
 
 
 def _kib(field: str) -> int:
@@ -70,11 +74,15 @@ def _step_fn(method: str, n: int, v: int, h: int, dtype):
     if method in FROM_HIDDEN:
         hidden = (torch.randn(n, h, generator=g) * 0.5).to(dtype).requires_grad_()
         weight = (torch.randn(v, h, generator=g) * h ** -0.5).to(dtype).requires_grad_()
-        if method == "ours_fused":
+        if method in ("ours_fused", "ours_fused_main_grad"):
             from megatron_align.logprobs import fused_lm_head_logprobs
 
+            main_grad = method == "ours_fused_main_grad"
+            if main_grad:  # megatron DDP's fp32 gradient buffer: exists before the step, an input here
+                weight.main_grad = torch.zeros(v, h)
+
             def fn():
-                lp = fused_lm_head_logprobs(hidden, weight, target)
+                lp = fused_lm_head_logprobs(hidden, weight, target, accumulate_into_main_grad=main_grad)
                 lp.backward(grad_out)
                 return lp
         else:
@@ -87,7 +95,8 @@ def _step_fn(method: str, n: int, v: int, h: int, dtype):
         def clear():
             hidden.grad = None
             weight.grad = None
-        return fn, clear, (n * h + v * h) * elem
+        # the gradients returned: hidden's, and weight's unless it is added to the existing main_grad
+        return fn, clear, (n * h + (0 if method == "ours_fused_main_grad" else v * h)) * elem
 
     logits = (torch.randn(n, v, generator=g) * 2).to(dtype).requires_grad_()
     if method == "naive":

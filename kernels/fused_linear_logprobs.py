@@ -60,6 +60,9 @@ class _Cfg:
     chunk_v: int
     blocks: tuple
     num_splits: int | None
+    main_grad_owner: torch.Tensor | None = None
+    """The weight parameter whose fp32 ``main_grad`` receives grad_W (megatron's gradient accumulation
+    fusion), or None: grad_W is returned as a new tensor."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -136,13 +139,15 @@ def _torch_grad_z(h_c, w_c, b_c, tloc_c, j0, lse_c, mz_c, glp_c, gent_c, inv_t):
 # ----------------------------------------------------------------------------------------------------------
 
 def _backward(h, w, b, tloc, lse, mz, g_lp, g_ent, inv_t, needs, cfg):
-    """(grad_h fp32 [N, H] or None, grad_W [V/tp, H] or None, grad_b [V/tp] or None); grad_h not reduced."""
+    """(grad_h fp32 [N, H] or None, grad_W [V/tp, H] or None, grad_b [V/tp] or None); grad_h not reduced.
+    With ``cfg.main_grad_owner`` grad_W is added to its ``main_grad`` instead and None is returned for it."""
     need_h, need_w, need_b = needs
     n, v = h.shape[0], w.shape[0]
     mm_dtype = h.dtype if cfg.use_triton else torch.float32  # triton: gz in input dtype for tensor cores
     h_mm = h.to(mm_dtype)  # [N, H]
     gh = torch.zeros((n, h.shape[1]), dtype=torch.float32, device=h.device) if need_h else None
-    gw = _cpu_pages.empty_like(w) if need_w else None
+    main_grad = None if cfg.main_grad_owner is None else cfg.main_grad_owner.main_grad  # [V/tp, H]
+    gw = None if not need_w or main_grad is not None else _cpu_pages.empty_like(w)
     gb = torch.empty_like(b) if need_b else None
     if cfg.use_triton:
         from kernels._fused_linear_triton import grad_z_tile
@@ -153,9 +158,11 @@ def _backward(h, w, b, tloc, lse, mz, g_lp, g_ent, inv_t, needs, cfg):
         # accumulate grad_W / grad_b of this chunk in fp32: directly in the output when it is fp32
         gw_acc = None
         if need_w:
-            gw_acc = gw[j0:j1] if gw.dtype == torch.float32 else torch.empty((j1 - j0, w.shape[1]),
-                                                                               device=w.device)
-            gw_acc.zero_()
+            out_w = (gw if main_grad is None else main_grad)[j0:j1]  # [cv, H]
+            if out_w.dtype == torch.float32:
+                gw_acc = out_w if main_grad is not None else out_w.zero_()  # main_grad: += onto its contents
+            else:
+                gw_acc = torch.zeros((j1 - j0, w.shape[1]), device=w.device)
         gb_acc = torch.zeros(j1 - j0, device=w.device) if need_b else None
         for i0 in range(0, n, cfg.chunk_n):
             i1 = min(i0 + cfg.chunk_n, n)
@@ -173,8 +180,11 @@ def _backward(h, w, b, tloc, lse, mz, g_lp, g_ent, inv_t, needs, cfg):
             if need_b:
                 gb_acc += gz.sum(dim=0, dtype=torch.float32)
             del gz
-        if need_w and gw_acc.data_ptr() != gw[j0:j1].data_ptr():
-            gw[j0:j1].copy_(gw_acc)
+        if need_w and gw_acc.data_ptr() != out_w.data_ptr():  # a low-precision output: one rounding
+            if main_grad is not None:
+                out_w.add_(gw_acc)
+            else:
+                out_w.copy_(gw_acc)
         if need_b:
             gb[j0:j1].copy_(gb_acc)
     return gh, gw, gb
@@ -235,6 +245,12 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         gh, gw, gb = _backward(hidden, weight, bias, tloc, lse, mz, g_lp, g_ent, inv_t, needs, cfg)
         if gh is not None:
             gh = tp.all_reduce_grad(gh.to(hidden.dtype), group)  # replicated input: SUM over TP ranks
+        owner = cfg.main_grad_owner
+        if needs[1] and owner is not None and hasattr(owner, "grad_added_to_main_grad"):
+            # megatron DDP's protocol: its grad hook must still run (it skips adding .grad to main_grad when
+            # this flag is set), so hand autograd a weight-shaped gradient that is never written or read
+            owner.grad_added_to_main_grad = True
+            gw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
         return gh, gw, gb, None, None, None, None, None, None
 
 
@@ -242,7 +258,8 @@ def fused_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: to
                           bias: torch.Tensor | None = None, temperature: float = 1.0,
                           ignore_index: int = -100, return_entropy: bool = False, backend: str = "auto",
                           chunk_n: int | None = None, chunk_v: int | None = None,
-                          blocks: tuple[int, int, int] | None = None, num_splits: int | None = None
+                          blocks: tuple[int, int, int] | None = None, num_splits: int | None = None,
+                          accumulate_into_main_grad: bool = False
                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log p(target) (and entropy) of ``softmax((hidden @ weight^T + bias) / T)`` over the global
     vocabulary, without materializing the logits.
@@ -255,8 +272,18 @@ def fused_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: to
     chunk_n, chunk_v: row / vocabulary chunk of the torch path and of the triton backward's grad_z tiles
     blocks: triton (BLOCK_N, BLOCK_V, BLOCK_H), powers of two >= 16; num_splits: triton forward vocabulary
             splits (default: enough programs to fill the GPU, 1 under the interpreter)
+    accumulate_into_main_grad: add grad_W to ``weight.main_grad`` ([V/tp, H], fp32 as megatron's DDP
+            allocates it) instead of returning it, as megatron's ``gradient_accumulation_fusion`` does: no
+            [V/tp, H] gradient is allocated. ``weight.grad`` stays None, or, when the weight carries megatron
+            DDP's ``grad_added_to_main_grad`` flag, the flag is set and an unwritten placeholder is returned.
     returns (logprobs [N] fp32, entropy [N] fp32 or None)
     """
+    if accumulate_into_main_grad and getattr(weight, "main_grad", None) is None:
+        raise ValueError("accumulate_into_main_grad=True needs weight.main_grad (megatron DDP's fp32 "
+                         "gradient buffer)")
+    if accumulate_into_main_grad and weight.main_grad.shape != weight.shape:
+        raise ValueError(f"weight.main_grad {tuple(weight.main_grad.shape)} does not match weight "
+                         f"{tuple(weight.shape)}")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden [N, H] and weight [V/tp, H] expected, got {tuple(hidden.shape)} and "
                          f"{tuple(weight.shape)}")
@@ -272,10 +299,14 @@ def fused_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: to
     use_triton = _choose_triton(backend, hidden)
     cn = chunk_n or (TRITON_CHUNK_N if use_triton else TORCH_CHUNK_N)
     cv = chunk_v or (TRITON_CHUNK_V if use_triton else TORCH_CHUNK_V)
+    if not use_triton and chunk_n is None:  # fp32 tiles of at most 1/64 of the fp32 logits (>= 1 MiB)
+        tile_bytes = max(1 << 20, hidden.shape[0] * weight.shape[0] * 4 // 64)
+        cn = max(16, min(cn, tile_bytes // (4 * min(cv, weight.shape[0]))))
     blocks = tuple(blocks or TRITON_BLOCKS)
     if use_triton and any(x < 16 or x & (x - 1) for x in blocks):
         raise ValueError(f"triton blocks must be powers of two >= 16 (tl.dot), got {blocks}")
-    cfg = _Cfg(use_triton, int(cn), int(cv), blocks, num_splits)
+    cfg = _Cfg(use_triton, int(cn), int(cv), blocks, num_splits,
+               main_grad_owner=weight if accumulate_into_main_grad else None)
     hidden, weight = hidden.contiguous(), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     target = target.to(torch.int64).contiguous()

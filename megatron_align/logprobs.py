@@ -80,7 +80,7 @@ def fused_lm_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: t
                            bias: Optional[torch.Tensor] = None, tp_group=None, temperature: float = 1.0,
                            ignore_index: int = -100, loss_mask: Optional[torch.Tensor] = None,
                            return_entropy: bool = False, sequence_first: bool = False, backend: str = "auto",
-                           **chunks):
+                           accumulate_into_main_grad: bool = False, **chunks):
     """log p(target) per token straight from the final hidden states and the (vocab-parallel) output weight;
     the ``[tokens, V]`` logits never exist, forward or backward.
 
@@ -89,13 +89,16 @@ def fused_lm_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: t
     weight: [V/tp, H], this rank's rows of the output layer (``model.output_layer.weight``, or the embedding
             weight when tied); bias: [V/tp] or None
     target: [B, S] (or [N]) global ids; ignore_index / loss_mask == 0 positions give 0 and no gradient
+    accumulate_into_main_grad: add the weight's gradient to ``weight.main_grad`` (megatron DDP's buffer)
+            instead of allocating it, as megatron's gradient accumulation fusion does
     chunks: ``chunk_n``, ``chunk_v``, ``blocks``, ``num_splits`` tuning knobs of kernels.fused_linear_logprobs
     returns logprobs [B, S] fp32, or (logprobs, entropy)
     """
     flat_t, lead = _flat_target(hidden, target, loss_mask, ignore_index, sequence_first)
     logp, ent = fused_linear_logprobs(hidden.reshape(-1, hidden.shape[-1]), weight, flat_t, group=tp_group,
                                       bias=bias, temperature=temperature, ignore_index=ignore_index,
-                                      return_entropy=return_entropy, backend=backend, **chunks)
+                                      return_entropy=return_entropy, backend=backend,
+                                      accumulate_into_main_grad=accumulate_into_main_grad, **chunks)
     return _shaped(logp, ent, lead, sequence_first, return_entropy)
 
 

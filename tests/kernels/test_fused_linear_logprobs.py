@@ -192,3 +192,43 @@ def test_torch_path_never_allocates_n_by_v():
     assert largest == v * h  # the recorder saw backward: grad_W [V, H] is the largest tensor
     assert largest < bound
     assert _largest_allocation(ref, n, v, h) >= n * v  # and it does catch a materialized [N, V]
+
+
+@pytest.mark.parametrize("ddp_flag", [False, True], ids=["plain", "megatron_ddp_flag"])
+@pytest.mark.parametrize("backend,dtype", [("torch", torch.float32), ("torch", torch.bfloat16),
+                                           ("triton", torch.float32)])
+def test_weight_gradient_accumulates_into_main_grad(backend, dtype, ddp_flag):
+    """accumulate_into_main_grad: grad_W is added onto weight.main_grad (fp32, already holding an earlier
+    micro-batch's gradient) and no [V, H] gradient is returned; megatron DDP's flag is set when present."""
+    n, v, h = 40, 300, 32
+    kw = dict(chunk_n=16, chunk_v=128) if backend == "torch" else dict(chunk_n=16, chunk_v=128,
+                                                                       blocks=(16, 64, 16))
+    hidden, weight, _, target, a, _ = _inputs(n, v, h, dtype, seed=7, bias=False)
+    ref_w = weight.clone().requires_grad_()
+    (reference.fused_token_logprobs(hidden, ref_w, target, temperature=0.9)[0] * a).sum().backward()
+    earlier = torch.randn(v, h, generator=torch.Generator().manual_seed(1))  # an earlier micro-batch's grad_W
+    w = weight.clone().requires_grad_()
+    w.main_grad = earlier.clone()
+    if ddp_flag:
+        w.grad_added_to_main_grad = False
+    hd = hidden.clone().requires_grad_()
+    lp, _ = fused_linear_logprobs(hd, w, target, temperature=0.9, backend=backend,
+                                  accumulate_into_main_grad=True, **kw)
+    (lp * a).sum().backward()
+    tol = TOL[(backend, dtype)][1]
+    assert _err(w.main_grad - earlier, ref_w.grad) < tol, _err(w.main_grad - earlier, ref_w.grad)
+    assert w.main_grad.dtype == torch.float32
+    if ddp_flag:
+        assert w.grad_added_to_main_grad is True and w.grad.shape == w.shape  # placeholder for DDP's hook
+    else:
+        assert w.grad is None
+    assert hd.grad is not None and hd.grad.abs().max() > 0
+
+
+def test_accumulate_into_main_grad_needs_a_matching_buffer():
+    hidden, weight, _, target, _, _ = _inputs(8, 50, 16, torch.float32, seed=0, bias=False)
+    with pytest.raises(ValueError, match="main_grad"):
+        fused_linear_logprobs(hidden, weight, target, accumulate_into_main_grad=True)
+    weight.main_grad = torch.zeros(49, 16)
+    with pytest.raises(ValueError, match="does not match"):
+        fused_linear_logprobs(hidden, weight, target, accumulate_into_main_grad=True)
