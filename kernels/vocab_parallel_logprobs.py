@@ -205,11 +205,11 @@ def _torch_forward(x, target, vocab_start, temperature, with_entropy, chunk_byte
             ls = ch.buf("logsm", j - i)
             torch.ops.aten._log_softmax.out(z, 1, False, out=ls)
             top, at = ls.max(dim=1, keepdim=True)  # [r, 1]
-            lse[i:j] = (z.gather(1, at) - top).squeeze(1)
-    if not with_entropy:
-        empty = lse.isnan()  # rows of only -inf logits (log-softmax is nan there): lse = -inf
-        if empty.any():
-            lse[empty] = -float("inf")
+            part = (z.gather(1, at) - top).squeeze(1)  # [r]
+            odd = part.isnan()  # rows of only -inf (lse -inf) or with a NaN (lse NaN): logsumexp decides
+            if odd.any():
+                part[odd] = torch.logsumexp(z[odd], dim=1)
+            lse[i:j] = part
     return lse, tgt, mean_z
 
 

@@ -208,3 +208,18 @@ def test_inplace_backward_is_refused_loudly_when_logits_are_needed_later():
     lp.sum().backward(retain_graph=True)  # overwrites the logits with their gradient
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         other.backward()
+
+
+@pytest.mark.parametrize("entropy", [False, True])
+def test_all_minus_inf_row_and_nan_row_on_the_cpu_path(entropy):
+    """A row of only -inf logits has lse -inf (log p = nan, as the reference gives); a NaN logit stays visible
+    as NaN instead of being turned into a finite or infinite value."""
+    x = torch.randn(4, 64)
+    x[1] = float("-inf")
+    x[2, 5] = float("nan")
+    t = torch.tensor([3, 4, 6, 7])
+    lp, _ = vocab_parallel_logprobs(x, t, backend="torch", return_entropy=entropy)
+    rlp, _ = reference.token_logprobs(x.double(), t, 1.0)
+    assert torch.isnan(lp[2]) and torch.isnan(rlp[2])
+    assert torch.isnan(lp[1]) == torch.isnan(rlp[1]) and not torch.isfinite(lp[1])
+    torch.testing.assert_close(lp[[0, 3]], rlp[[0, 3]].float(), atol=1e-5, rtol=1e-5)
