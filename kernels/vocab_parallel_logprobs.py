@@ -216,7 +216,7 @@ def _torch_forward(x, target, vocab_start, temperature, with_entropy, chunk_byte
 def _torch_backward(x, target, lse, local_lse, mean_z, g_lp, g_ent, vocab_start, temperature, chunk_bytes,
                     out=None):
     n, v_local = x.shape
-    grad = _cpu_pages.empty_like(x) if out is None else out  # fresh pages fault in as 2 MiB pages
+    grad = _cpu_pages.empty_like(x, reuse=True) if out is None else out  # every element is written below
     if n == 0:
         return grad
     inv_t = 1.0 / temperature

@@ -23,12 +23,19 @@ from typing import Optional
 
 import torch
 
+from kernels import _cpu_pages
 from kernels.fused_linear_logprobs import fused_linear_logprobs
 from kernels.group_softmax import group_kl, group_log_softmax, group_sizes_to_offsets
 from kernels.vocab_parallel_logprobs import vocab_parallel_logprobs
 
 __all__ = ["token_logprobs", "fused_lm_head_logprobs", "sequence_logprobs", "group_log_softmax", "group_kl",
-           "group_sizes_to_offsets"]
+           "group_sizes_to_offsets", "release_cpu_gradient_cache"]
+
+
+def release_cpu_gradient_cache() -> int:
+    """Free the CPU logits-gradient blocks that ``token_logprobs`` keeps for its next backward (only when no
+    gradient uses them); returns the bytes freed. See kernels/_cpu_pages.py; GPUs never use this cache."""
+    return _cpu_pages.release_cached()
 
 
 def _flat_target(x: torch.Tensor, target: torch.Tensor, loss_mask: Optional[torch.Tensor], ignore_index: int,
