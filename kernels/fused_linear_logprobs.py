@@ -248,9 +248,12 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         owner = cfg.main_grad_owner
         if needs[1] and owner is not None and hasattr(owner, "grad_added_to_main_grad"):
             # megatron DDP's protocol: its grad hook must still run (it skips adding .grad to main_grad when
-            # this flag is set), so hand autograd a weight-shaped gradient that is never written or read
+            # this flag is set), so hand autograd a weight-shaped placeholder. A weight with a second use on
+            # this stage (megatron marks a tied embedding ``zero_out_wgrad``) gets zeros: autograd sums the
+            # placeholder with the other use's gradient and the hook then adds that sum to main_grad
             owner.grad_added_to_main_grad = True
-            gw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+            make = torch.zeros if getattr(owner, "zero_out_wgrad", False) else torch.empty
+            gw = make(weight.shape, dtype=weight.dtype, device=weight.device)
         return gh, gw, gb, None, None, None, None, None, None
 
 
@@ -275,7 +278,9 @@ def fused_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: to
     accumulate_into_main_grad: add grad_W to ``weight.main_grad`` ([V/tp, H], fp32 as megatron's DDP
             allocates it) instead of returning it, as megatron's ``gradient_accumulation_fusion`` does: no
             [V/tp, H] gradient is allocated. ``weight.grad`` stays None, or, when the weight carries megatron
-            DDP's ``grad_added_to_main_grad`` flag, the flag is set and an unwritten placeholder is returned.
+            DDP's ``grad_added_to_main_grad`` flag, the flag is set and an unwritten placeholder is returned
+            (zeros when megatron marked the weight ``zero_out_wgrad``, as it does for an embedding tied to the
+            output layer on one stage: DDP's hook then adds the embedding's own gradient to main_grad).
     returns (logprobs [N] fp32, entropy [N] fp32 or None)
     """
     if accumulate_into_main_grad and getattr(weight, "main_grad", None) is None:
