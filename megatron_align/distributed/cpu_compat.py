@@ -66,11 +66,60 @@ def _fix_device(dev):
     return _CPU if _is_cuda_device(dev) else dev
 
 
+def _backward_with_mode(mode, func, args, kwargs) -> bool:
+    """Run ``torch.autograd.backward`` / ``Tensor.backward`` with ``mode`` active; False if the call is not
+    one this handles (the caller then runs it as torch would).
+
+    torch 2.13's ``backward`` dispatches to torch-function modes, and torch runs a mode's handler with the
+    mode taken off the stack: the whole backward pass would run unrewritten, and megatron's autograd Functions
+    that allocate on ``current_device()`` in backward (sequence parallelism's all-gather and reduce-scatter
+    buffers, ``tensor_parallel/layers.py:551``, ``mappings.py``) would fail on CPU. Calling ``backward`` again
+    inside ``with mode:`` would dispatch straight back here, so the roots are passed as gradient edges
+    (``torch.autograd.graph.get_gradient_edge``), which are not tensors and do not dispatch; the engine then
+    runs with the mode on the stack. Implicit gradients of scalar roots are made here as torch makes them."""
+    if func is torch.Tensor.backward:
+        names = ("tensors", "grad_tensors", "retain_graph", "create_graph", "inputs")
+    else:
+        names = ("tensors", "grad_tensors", "retain_graph", "create_graph", "grad_variables", "inputs")
+    call = dict(zip(names, args), **kwargs)
+    if "gradient" in call:  # Tensor.backward's keyword
+        call["grad_tensors"] = call.pop("gradient")
+    if call.get("grad_variables") is not None:
+        return False
+    tensors = call["tensors"]
+    tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+    grads = call.get("grad_tensors")
+    grads = (grads,) * len(tensors) if grads is None or isinstance(grads, torch.Tensor) else tuple(grads)
+    inputs = call.get("inputs")
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+    if len(grads) != len(tensors) or any(type(t) is not torch.Tensor or not t.requires_grad for t in tensors):
+        return False  # unusual calls (subclasses, no graph): torch's own path and errors
+    filled = []
+    for t, g in zip(tensors, grads):
+        if g is None:
+            if t.numel() != 1:
+                return False  # torch raises its "grad can be implicitly created only for scalar outputs"
+            g = torch.ones_like(t, memory_format=torch.preserve_format)
+        filled.append(g)
+    edge = torch.autograd.graph.get_gradient_edge
+    in_edges = (None if inputs is None
+                else tuple(edge(i) if isinstance(i, torch.Tensor) else i for i in inputs))
+    with mode:
+        torch.autograd.backward(tuple(edge(t) for t in tensors), grad_tensors=filled,
+                                retain_graph=call.get("retain_graph"),
+                                create_graph=call.get("create_graph", False), inputs=in_edges)
+    return True
+
+
 class _CudaToCpuMode(TorchFunctionMode):
     """Rewrites CUDA placements to CPU for every torch function and tensor method call."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.autograd.backward or func is torch.Tensor.backward:
+            done = _backward_with_mode(self, func, args, kwargs)
+            if done:
+                return None
         if func is torch.Tensor.cuda:
             return args[0]
         if "device" in kwargs:

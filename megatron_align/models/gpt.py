@@ -121,15 +121,41 @@ def layer_spec(cfg: ModelConfig):
     kernel instead of baddbmm + masked_fill + softmax + bmm; see docs/benchmarks.md).
     """
     from megatron.core.models.gpt import gpt_layer_specs as specs
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
     from megatron_align.models.attention import SDPADotProductAttention
+    from megatron_align.models.norms import SequenceParallelTorchNorm
 
     if _te_usable():
         return specs.get_gpt_layer_with_transformer_engine_spec()
     norm = "RMSNorm" if cfg.normalization == "rmsnorm" else "LayerNorm"
     spec = specs.get_gpt_layer_local_spec(normalization=norm)
     spec.submodules.self_attention.submodules.core_attention = SDPADotProductAttention
+    layer = spec.submodules
+    for name in ("input_layernorm", "pre_mlp_layernorm"):
+        if getattr(layer, name) is WrappedTorchNorm:  # (apex's FusedLayerNorm, when present, is kept)
+            setattr(layer, name, SequenceParallelTorchNorm)
     return spec
+
+
+def block_spec(cfg: ModelConfig, config):
+    """The decoder block for this rank's pipeline stage: ``layer_spec(cfg)`` repeated, and a final norm that
+    works under sequence parallelism (megatron would pick ``WrappedTorchNorm`` for it, which refuses it).
+    ``config``: the megatron ``TransformerConfig``."""
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.core.transformer.transformer_block import (
+        LayerNormImpl,
+        TransformerBlockSubmodules,
+        get_num_layers_to_build,
+    )
+
+    from megatron_align.models.norms import SequenceParallelTorchNorm
+
+    spec = layer_spec(cfg)
+    if _te_usable() or LayerNormImpl is not WrappedTorchNorm:
+        return spec
+    return TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(config),
+                                      layer_norm=SequenceParallelTorchNorm)
 
 
 def gpt_model_kwargs(
@@ -146,9 +172,10 @@ def gpt_model_kwargs(
         pre_process = ps.is_pipeline_first_stage(ignore_virtual=True)
     if post_process is None:
         post_process = ps.is_pipeline_last_stage(ignore_virtual=True)
+    config = transformer_config_from(cfg, precision)
     return dict(
-        config=transformer_config_from(cfg, precision),
-        transformer_layer_spec=layer_spec(cfg),
+        config=config,
+        transformer_layer_spec=block_spec(cfg, config),
         vocab_size=cfg.padded_vocab_size(vocab_size),
         max_sequence_length=cfg.max_position_embeddings,
         pre_process=pre_process,

@@ -122,6 +122,21 @@ def test_dp2_gradients_equal_dp1_on_concatenated_batch(refs):
     assert all(r["world_size"] == 2 for r in results)
 
 
+@pytest.mark.parametrize("sequence_parallel", [False, True], ids=["tp2", "tp2_sequence_parallel"])
+def test_tp2_replicated_parameter_gradients_equal_tp1(refs, sequence_parallel):
+    """Norm weights are whole on every TP rank; under sequence parallelism each rank's gradient covers half
+    the tokens until megatron's finalize step all-reduces the parameters marked ``sequence_parallel`` (our
+    local norms must carry the mark, and the backward's reduce-scatter must run on CPU)."""
+    d = refs["dir"]
+    cases = [{"ckpt": str(d / "llama"), "kind": "gpt", "mode": "grads", "tokens": str(d / "tokens.pt"),
+              "ref": str(d / "llama_grads.pt"), "atol": 1e-6, "num_microbatches": 1,
+              "sequence_parallel": sequence_parallel}]
+    spec = _spec(refs, cases, f"tp2_grads_sp{int(sequence_parallel)}.json")
+    results = _check(run_ranks(WORKER, ["--tp", "2", "--spec", str(spec)]), spec)
+    for r in results:  # every layer's two norms and the final norm were compared
+        assert sum("layernorm" in n for n in r["compared"]) == 2 * 2 + 1, r["compared"]
+
+
 def test_srun_style_start_passes_tp2(refs):
     d = refs["dir"]
     cases = [{"ckpt": str(d / "llama"), "kind": "gpt", "mode": "logits", "tokens": str(d / "tokens.pt"),

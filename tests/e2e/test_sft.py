@@ -113,7 +113,8 @@ def test_resume_after_sigkill_reproduces_uninterrupted_losses(sft_data, tmp_path
 
 @pytest.mark.distributed
 def test_tp2_and_pp2_follow_the_tp1_loss_trajectory(sft_data, tmp_path, megatron_single):
-    """Same starting checkpoint at every layout, dropout off: 3 steps of losses agree."""
+    """Same starting checkpoint at every layout (TP=2, TP=2 with sequence parallelism, PP=2), dropout off: 3
+    steps of losses agree."""
     from megatron_align.models.checkpoint import save_checkpoint
     from megatron_align.models.gpt import build_gpt_model
     from megatron_align.tokenizers import load_tokenizer
@@ -130,9 +131,12 @@ def test_tp2_and_pp2_follow_the_tp1_loss_trajectory(sft_data, tmp_path, megatron
     ref = _run(_args(sft_data, tmp_path / "tp1", *common))
     assert ref.returncode == 0, ref.stderr[-5000:]
     expected = [r["loss"] for r in _metrics(tmp_path / "tp1")]
-    for layout in ("model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2"):
-        run = tmp_path / layout.split(".")[1]
-        proc = run_ranks(SFT, _args(sft_data, run, *common, "trainer.devices=2", layout))
+    layouts = {"tp2": ["model.tensor_model_parallel_size=2"],
+               "tp2_sp": ["model.tensor_model_parallel_size=2", "model.sequence_parallel=True"],
+               "pp2": ["model.pipeline_model_parallel_size=2"]}
+    for layout, overrides in layouts.items():
+        run = tmp_path / layout
+        proc = run_ranks(SFT, _args(sft_data, run, *common, "trainer.devices=2", *overrides))
         assert proc.returncode == 0, proc.stdout[-5000:]
         got = [r["loss"] for r in _metrics(run)]
         assert len(got) == 3

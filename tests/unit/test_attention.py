@@ -103,7 +103,9 @@ def test_whole_model_matches_megatrons_attention(megatron_single):
         seed_all(5, 0)
         kw = gpt_model_kwargs(cfg)
         if core is not None:
-            kw["transformer_layer_spec"].submodules.self_attention.submodules.core_attention = core
+            block = kw["transformer_layer_spec"]  # TransformerBlockSubmodules: one layer spec, repeated
+            layer = block.layer_specs[0] if hasattr(block, "layer_specs") else block
+            layer.submodules.self_attention.submodules.core_attention = core
         model = GPTModel(**kw)
         used = type(model.decoder.layers[0].self_attention.core_attention)
         assert used is (core or SDPADotProductAttention)

@@ -160,3 +160,47 @@ def test_rng_tracker_states_roundtrip_errors_and_exception_safety():
     assert torch.equal(torch.get_rng_state(), state)
     tracker.reset()
     assert not tracker.is_initialized() and tracker.get_states() == {}
+
+
+BACKWARD = """
+import json, torch
+from megatron_align.distributed import cpu_compat
+cpu_compat.enable_cpu_compat()
+
+class CudaInBackward(torch.autograd.Function):
+    # what megatron's sequence-parallel Functions do: allocate on current_device() inside backward
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        buf = torch.empty(g.shape, dtype=g.dtype, device=torch.cuda.current_device())
+        return buf.copy_(g) * 2
+
+x = torch.arange(4.0, requires_grad=True)
+w = torch.ones(4, requires_grad=True)
+out = {}
+CudaInBackward.apply(x * w).sum().backward()                          # Tensor.backward, implicit scalar grad
+out["tensor_backward"] = x.grad.tolist(); x.grad = None
+y = CudaInBackward.apply(x * w)
+torch.autograd.backward(y, grad_tensors=torch.full((4,), 0.5), retain_graph=True)  # explicit grad
+out["autograd_backward"] = x.grad.tolist(); x.grad = None; w.grad = None
+torch.autograd.backward([y.sum()], inputs=[w])                        # inputs= restricts the leaves
+out["inputs_only"] = [x.grad is None, w.grad.tolist()]
+try:
+    CudaInBackward.apply(x * w).backward()                            # non-scalar, no grad: torch's error
+except RuntimeError as e:
+    out["error"] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_backward_runs_with_the_layer_active():
+    """Megatron Functions allocate on current_device() in backward (sequence parallelism); torch 2.13 runs
+    ``backward`` inside the mode's handler with the mode off the stack, so the layer re-enters it."""
+    r = _run(BACKWARD)
+    assert r["tensor_backward"] == [2.0, 2.0, 2.0, 2.0]
+    assert r["autograd_backward"] == [1.0, 1.0, 1.0, 1.0]
+    assert r["inputs_only"] == [True, [0.0, 2.0, 4.0, 6.0]]
+    assert "implicitly created only for scalar outputs" in r["error"]

@@ -4,7 +4,9 @@ Run by tests under torchrun or with srun-style SLURM_* variables. Usage:
     parity_worker.py --tp 2 --pp 1 --spec spec.json
 spec.json: {"cases": [{"ckpt", "kind": "gpt"|"reward", "mode": "logits"|"rewards"|"loss"|"grads",
                         "tokens": file.pt, "ref": file.pt, "atol": float, "save_to": dir (optional),
-                        "num_microbatches": int (loss/grads)}]}
+                        "num_microbatches": int (loss/grads), "sequence_parallel": bool (optional)}]}
+At TP > 1 "grads" compares the parameters every TP rank holds whole (norms, row-parallel biases): with
+sequence parallelism each rank sees half the tokens, so these are the gradients that need the TP all-reduce.
 Every rank writes <spec>.rank<r>.json with its measured differences; a failed comparison exits non-zero.
 """
 
@@ -44,6 +46,7 @@ def run_case(case, tp, pp, result):
     cfg = read_model_config(case["ckpt"])
     cfg.tensor_model_parallel_size = tp
     cfg.pipeline_model_parallel_size = pp
+    cfg.sequence_parallel = bool(case.get("sequence_parallel", False))
     if case["kind"] == "reward":
         model = build_reward_model(cfg)
     else:
@@ -79,9 +82,13 @@ def run_case(case, tp, pp, result):
         ddp, _ = prepare_for_training(model, cfg.optim, "32")
         ddp.zero_grad_buffer()
         forward_backward([ddp], _microbatches(local, n), n, local.shape[1], local.shape[0] // n)
-        diff = 0.0
+        diff, compared = 0.0, []
         for name, p in model.named_parameters():
+            if tp > 1 and getattr(p, "tensor_model_parallel", False):
+                continue  # a shard: its layout differs from the TP=1 reference's (fused QKV, SwiGLU halves)
             diff = max(diff, (p.main_grad - ref[name]).abs().max().item())
+            compared.append(name)
+        result["compared"] = compared
     if diff is not None:
         result.setdefault("diffs", {})[f"{case['kind']}:{mode}:{case['ckpt']}"] = diff
         if not diff <= atol:
