@@ -72,6 +72,8 @@ def validate_layout(cfg: Any, world_size: int | None = None) -> int:
         raise ConfigError(
             "model.sequence_parallel=True needs model.tensor_model_parallel_size > 1: set "
             "model.sequence_parallel=False or raise TP", key="model.sequence_parallel")
+    if m.sequence_parallel:
+        _check_sequence_split(getattr(m, "data", None), tp)
 
     heads = m.num_attention_heads
     if heads % tp:
@@ -148,3 +150,18 @@ def check_batch_sizes(global_batch_size: int, micro_batch_size: int, data_parall
             f"{gbs}={global_batch_size} is not divisible by {mbs} * data-parallel size = {micro_batch_size}*"
             f"{data_parallel_size} = {per_step}: make {gbs} a multiple of {per_step}", key=gbs)
     return global_batch_size // per_step
+
+
+def _check_sequence_split(data: Any, tp: int) -> None:
+    """Under sequence parallelism every padded row is split into TP equal parts along the sequence, so the
+    lengths rows are padded to (``pad_seq_length_to_mult``, and ``max_seq_length`` for fixed-length rows)
+    must be multiples of TP; megatron would otherwise fail mid-forward on the first dimension's split."""
+    for split in ("train_ds", "validation_ds"):
+        ds = getattr(data, split, None)
+        for name in ("pad_seq_length_to_mult", "max_seq_length"):
+            value = getattr(ds, name, None)
+            if isinstance(value, int) and value % tp:
+                key = f"model.data.{split}.{name}"
+                raise ConfigError(
+                    f"{key}={value} is not a multiple of model.tensor_model_parallel_size={tp}: with "
+                    "model.sequence_parallel=True each row is split into TP equal sequence parts", key=key)

@@ -322,6 +322,22 @@ def test_impossible_layouts(cfg, world_size, key, fragment):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("field_name,value", [("pad_seq_length_to_mult", 6), ("max_seq_length", 1026)])
+def test_sequence_parallel_needs_row_lengths_divisible_by_tp(field_name, value):
+    from megatron_align.algorithms.sft import SFTConfig
+
+    cfg = SFTConfig()
+    cfg.model.tensor_model_parallel_size, cfg.model.sequence_parallel = 4, True
+    cfg.model.num_query_groups = None
+    setattr(cfg.model.data.validation_ds, field_name, value)
+    with pytest.raises(ConfigError) as info:
+        validate_layout(cfg, 4)
+    assert info.value.key == f"model.data.validation_ds.{field_name}"
+    assert f"{value} is not a multiple of model.tensor_model_parallel_size=4" in str(info.value)
+    cfg.model.sequence_parallel = False  # without the split any length is fine
+    assert validate_layout(cfg, 4) == 4
+
+
 def test_possible_layouts_pass():
     assert validate_layout(_run(tensor_model_parallel_size=2, pipeline_model_parallel_size=2), 8) == 8
     assert validate_layout(_run(hidden_size=66, kv_channels=16), 1) == 1
