@@ -133,12 +133,13 @@ def empty_like(x: torch.Tensor, reuse: bool = False) -> torch.Tensor:
     large CPU tensor comes from a block kept from an earlier call when one is idle (see the module docstring:
     the caller must write every element)."""
     nbytes = x.numel() * x.element_size()
-    if not reuse or x.device.type != "cpu" or nbytes < MIN_BYTES or not _reuse_enabled():
+    block = None
+    if reuse and x.device.type == "cpu" and nbytes >= MIN_BYTES and _reuse_enabled():
+        with _lock:
+            block = _take(nbytes)
+            if block is not None:
+                arr = block.base.numpy()[:nbytes]  # a new array: it lives exactly as long as the tensor
+                block.user = weakref.ref(arr)
+    if block is None:
         return advise_huge_pages(torch.empty_like(x, memory_format=torch.contiguous_format))
-    with _lock:
-        block = _take(nbytes)
-        if block is None:
-            return advise_huge_pages(torch.empty_like(x, memory_format=torch.contiguous_format))
-        arr = block.base.numpy()[:nbytes]  # a new array object: it lives exactly as long as the tensor below
-        block.user = weakref.ref(arr)
     return torch.from_numpy(arr).view(x.dtype).view(x.shape)

@@ -89,7 +89,10 @@ def _backward_with_mode(mode, func, args, kwargs) -> bool:
     tensors = call["tensors"]
     tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
     grads = call.get("grad_tensors")
-    grads = (grads,) * len(tensors) if grads is None or isinstance(grads, torch.Tensor) else tuple(grads)
+    if grads is None:
+        grads = (None,) * len(tensors)
+    elif isinstance(grads, torch.Tensor):
+        grads = (grads,)  # one gradient for several roots is torch's error ("got 2 tensors and 1 gradients")
     inputs = call.get("inputs")
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
     if len(grads) != len(tensors) or any(type(t) is not torch.Tensor or not t.requires_grad for t in tensors):
@@ -116,10 +119,9 @@ class _CudaToCpuMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.autograd.backward or func is torch.Tensor.backward:
-            done = _backward_with_mode(self, func, args, kwargs)
-            if done:
-                return None
+        if func in (torch.autograd.backward, torch.Tensor.backward) and _backward_with_mode(self, func, args,
+                                                                                              kwargs):
+            return None
         if func is torch.Tensor.cuda:
             return args[0]
         if "device" in kwargs:

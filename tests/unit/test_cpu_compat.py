@@ -192,6 +192,10 @@ try:
     CudaInBackward.apply(x * w).backward()                            # non-scalar, no grad: torch's error
 except RuntimeError as e:
     out["error"] = str(e)
+try:
+    torch.autograd.backward([x * 2, x * 3], grad_tensors=torch.ones(4))  # 2 roots, 1 gradient: torch's error
+except RuntimeError as e:
+    out["count_error"] = str(e)
 print(json.dumps(out))
 """
 
@@ -204,3 +208,4 @@ def test_backward_runs_with_the_layer_active():
     assert r["autograd_backward"] == [1.0, 1.0, 1.0, 1.0]
     assert r["inputs_only"] == [True, [0.0, 2.0, 4.0, 6.0]]
     assert "implicitly created only for scalar outputs" in r["error"]
+    assert "got 2 tensors and 1 gradients" in r["count_error"]
