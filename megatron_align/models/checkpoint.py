@@ -19,16 +19,15 @@ Atomicity: every rank writes into ``<ckpt>.incomplete``; after a barrier rank 0 
 renames the directory into place. A writer killed at any point leaves at most a ``*.incomplete`` directory,
 which ``is_complete_checkpoint`` and ``latest_checkpoint`` never accept.
 
-Safety: dist_checkpointing's torch_dist backend stores its index (``weights/.metadata``) with pickle. Before
-any load we replay that pickle with an unpickler that only admits the plain record classes of
-``torch.distributed.checkpoint`` (see ``_SafeMetadataUnpickler``); anything else stops the load. Everything
-else is JSON, YAML, raw tensor bytes, or ``torch.load(weights_only=True)``.
+Safety: ``weights/`` and ``optimizer/`` are read only through ``models/dcp_reader.load_sharded``, which
+decodes every pickle in them (index, common state, byte items) through an allow-list and refuses anything else
+with one line; ``model_config.yaml`` is read with OmegaConf's YAML loader (no Python tags), the rest is JSON
+or ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import logging
 import os
@@ -44,20 +43,14 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from megatron_align.config.errors import UserError
 from megatron_align.config.model import ModelConfig
+from megatron_align.models.checkpoint_error import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 INCOMPLETE_SUFFIX = ".incomplete"
 _METADATA = "metadata.json"
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint directory that cannot be used (missing, incomplete, unsafe, wrong model)."""
-
-    prefix = "checkpoint error"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -83,69 +76,6 @@ def _unwrap(model):
     while hasattr(model, "module") and hasattr(model.module, "sharded_state_dict"):
         model = model.module
     return model
-
-
-# ----------------------------------------------------------------------------------------------------------
-# pickle allow-list for dist_checkpointing's metadata file
-# ----------------------------------------------------------------------------------------------------------
-_ALLOWED_MODULE_PREFIXES = ("torch.distributed.checkpoint.",)
-_ALLOWED_GLOBALS = {
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("torch", "dtype"),
-    ("torch", "layout"),
-    ("torch", "memory_format"),
-    ("torch", "strided"),
-    ("torch", "contiguous_format"),
-    ("torch", "preserve_format"),
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("torch.serialization", "_get_layout"),  # maps a layout's name to a torch.layout, nothing else
-    ("megatron.core.dist_checkpointing.strategies.torch", "MCoreMetadata"),
-    ("megatron.core.dist_checkpointing.strategies.torch", "MCoreSavePlan"),
-}
-
-
-def _is_plain_record(obj) -> bool:
-    """A dataclass or enum *defined* under an allowed module (not re-exported there, as ``io.FileIO`` is)."""
-    if not isinstance(obj, type):
-        return False
-    if not str(getattr(obj, "__module__", "")).startswith(_ALLOWED_MODULE_PREFIXES):
-        return False
-    return dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)
-
-
-class _SafeMetadataUnpickler(pickle.Unpickler):
-    """Admits only plain checkpoint-index records (DCP metadata dataclasses and enums, torch dtypes/sizes).
-
-    Dotted names are refused outright: pickle protocol 4 resolves ``module`` + ``"a.b.c"`` by walking
-    attributes, which would reach any class importable from an allowed module (``subprocess.Popen`` via
-    ``torch.utils``, ``io.FileIO`` via ``filesystem.io``).
-    """
-
-    def find_class(self, module, name):
-        if "." in name:
-            raise CheckpointError(f"refusing to unpickle {module}.{name}")
-        is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        if (module, name) in _ALLOWED_GLOBALS or is_dtype:
-            return super().find_class(module, name)
-        if module.startswith(_ALLOWED_MODULE_PREFIXES):
-            obj = super().find_class(module, name)
-            if _is_plain_record(obj):  # record classes and enums only, never a function or foreign class
-                return obj
-        raise CheckpointError(f"refusing to unpickle {module}.{name}")
-
-
-def verify_safe_to_load(sharded_dir: Path) -> None:
-    """Check every pickle in a dist_checkpointing directory against the allow-list before loading it."""
-    for meta in sorted(Path(sharded_dir).glob("*.metadata")):
-        try:
-            with open(meta, "rb") as f:
-                _SafeMetadataUnpickler(f).load()
-        except CheckpointError as e:
-            raise CheckpointError(f"{meta}: {e}; this file was not written by megatron_align") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -211,14 +141,26 @@ def read_model_config(ckpt: str | os.PathLike) -> ModelConfig:
     path = Path(ckpt) / "model_config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; {ckpt} is not a megatron_align checkpoint")
-    loaded = OmegaConf.to_container(OmegaConf.load(path))
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as e:  # noqa: BLE001 - yaml and OmegaConf raise many types; every one is "bad file"
+        raise CheckpointError(f"{path}: not a plain YAML mapping ({_one_line(e)})") from None
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"{path}: expected a mapping of model.* keys")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    extra = sorted(set(loaded) - known) if isinstance(loaded, dict) else []
+    extra = sorted(set(loaded) - known)
     if extra:
-        logger.info("%s: ignoring keys that are not model architecture: %s", path, ", ".join(extra))
+        logger.info("%s: ignoring keys that are not model architecture: %s", path, ", ".join(map(str, extra)))
         loaded = {k: v for k, v in loaded.items() if k in known}
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), loaded)
-    return OmegaConf.to_object(merged)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), loaded))
+    except Exception as e:  # noqa: BLE001 - OmegaConf's validation errors: a wrong type or value in the file
+        raise CheckpointError(f"{path}: {_one_line(e)}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:240]}"
 
 
 def checkpoint_kind(ckpt: str | os.PathLike) -> str:
@@ -456,6 +398,19 @@ def _load_optimizer_state(optimizer, state) -> None:
         optimizer._synchronize_steps()
 
 
+def _load_rng_file(path: Path) -> dict:
+    """One rank's RNG states (tensors, numbers, lists: ``weights_only``); anything else is one line."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refusing to unpickle it ({' '.join(str(e).split())[:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable RNG state ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= set(state):
+        raise CheckpointError(f"{path}: not an RNG state file")
+    return state
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     model,
@@ -467,15 +422,15 @@ def load_checkpoint(
 
     Returns the checkpoint's ``train_state`` (empty dict for a weights-only checkpoint).
     """
-    from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    from megatron_align.models.dcp_reader import load_sharded
 
     ckpt = Path(path)
     meta = read_metadata(ckpt)
-    verify_safe_to_load(ckpt / "weights")
     module = _unwrap(model)
     strictness = StrictHandling.RAISE_ALL if strict else StrictHandling.LOG_ALL
-    state = dist_checkpointing.load(module.sharded_state_dict(), str(ckpt / "weights"), strict=strictness)
+    state = load_sharded(module.sharded_state_dict(), ckpt / "weights", strict=strictness)
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if strict and missing:
@@ -483,15 +438,17 @@ def load_checkpoint(
     if optimizer is not None:
         if not meta.get("has_optimizer"):
             raise CheckpointError(f"{ckpt}: holds no optimizer state (a weights-only checkpoint)")
-        verify_safe_to_load(ckpt / "optimizer")
         optim_ssd = _optimizer_sharded_state(optimizer, module.sharded_state_dict(), is_loading=True)
-        _load_optimizer_state(optimizer, dist_checkpointing.load(optim_ssd, str(ckpt / "optimizer")))
+        _load_optimizer_state(optimizer, load_sharded(optim_ssd, ckpt / "optimizer"))
     if load_rng:
         rng_file = ckpt / "rng" / f"rank_{_rank():05d}.pt"
         saved_world = meta.get("world_size")
         now_world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         if rng_file.is_file() and saved_world == now_world:
-            restore_rng_state(torch.load(rng_file, weights_only=True))
+            try:
+                restore_rng_state(_load_rng_file(rng_file))
+            except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+                raise CheckpointError(f"{rng_file}: not a usable RNG state ({type(e).__name__})") from None
         else:
             logger.warning("%s: RNG state not restored (saved at world size %s, now %s)", ckpt, saved_world,
                            now_world)

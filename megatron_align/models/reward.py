@@ -128,16 +128,10 @@ def load_reward_weights(path, model, load_head: bool) -> None:
     """
     from pathlib import Path
 
-    from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
-    from megatron_align.models.checkpoint import (
-        CheckpointError,
-        _unwrap,
-        checkpoint_kind,
-        read_model_config,
-        verify_safe_to_load,
-    )
+    from megatron_align.models.checkpoint import CheckpointError, _unwrap, checkpoint_kind, read_model_config
+    from megatron_align.models.dcp_reader import load_sharded
 
     ckpt = Path(path)
     kind = checkpoint_kind(ckpt)  # also checks that the checkpoint is complete
@@ -151,13 +145,12 @@ def load_reward_weights(path, model, load_head: bool) -> None:
             raise CheckpointError(f"{ckpt}: its reward head has {saved} outputs but "
                                   f"model.regression.num_attributes={module.num_attributes}; make them equal "
                                   "or set model.regression.load_rm_head_weights=False")
-    verify_safe_to_load(ckpt / "weights")
     sharded = module.sharded_state_dict()
     if not load_head:
         sharded = {k: v for k, v in sharded.items() if not k.startswith(HEAD_PREFIX)}
     # RAISE_UNEXPECTED: every requested tensor must be in the checkpoint; checkpoint tensors nobody asked for
     # (an LM output layer, a head we re-initialise) are fine.
-    state = dist_checkpointing.load(sharded, str(ckpt / "weights"), strict=StrictHandling.RAISE_UNEXPECTED)
+    state = load_sharded(sharded, ckpt / "weights", strict=StrictHandling.RAISE_UNEXPECTED)
     missing, _ = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")
                and (load_head or not k.startswith(HEAD_PREFIX))]

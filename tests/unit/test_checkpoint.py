@@ -28,8 +28,8 @@ from megatron_align.models.checkpoint import (
     read_metadata,
     read_model_config,
     save_checkpoint,
-    verify_safe_to_load,
 )
+from megatron_align.models.dcp_reader import verify_safe_to_load
 from megatron_align.models.gpt import build_gpt_model
 from megatron_align.training.schedule import forward_backward
 from megatron_align.training.setup import prepare_for_training
