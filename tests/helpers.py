@@ -101,3 +101,38 @@ def run_ranks(script: str | Path, args: list[str], nproc: int = 2, launcher: str
         outs.append(out)
         rc = rc or p.returncode
     return subprocess.CompletedProcess(procs[0].args, rc, "\n".join(outs), None)
+
+
+def listening_addresses(pid: int) -> list[str]:
+    """The local addresses (``ip:port``) of every TCP socket that process ``pid`` holds in LISTEN state, read
+    from /proc: its file descriptors give the socket inodes, /proc/PID/net/tcp{,6} their addresses."""
+    import ipaddress
+
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    found = []
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            cols = row.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            # /proc writes each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append(f"{ipaddress.ip_address(raw)}:{int(hex_port, 16)}")
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback

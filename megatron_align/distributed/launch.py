@@ -12,6 +12,16 @@ Launchers understood (first match wins):
   ``SLURM_JOB_NODELIST`` (or ``SLURM_NODELIST``); the port is ``MASTER_PORT`` if set, else derived from
   ``SLURM_JOB_ID`` so that concurrent jobs on one node do not collide.
 - nothing: a single process on loopback with a free port.
+
+The rendezvous store (torch.distributed's key-value store, which anyone who reaches it can read and write):
+- one process: an in-process ``HashStore``; no socket is opened for it.
+- several processes on one node (``single_node``): rank 0 listens on 127.0.0.1 only and every rank connects
+  there, whatever ``MASTER_ADDR`` says; gloo / NCCL are pointed at the loopback interface too
+  (``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME`` default to ``lo``; a value you set wins).
+- several nodes: rank 0 listens on the address ``MASTER_ADDR`` resolves to (not on every interface), so the
+  store is reachable from that network: keep it a private cluster network.
+- under torchrun the store belongs to torchrun's agent process (``TORCHELASTIC_USE_AGENT_STORE``) and the
+  ranks only connect to it; where it listens is torchrun's choice (all interfaces).
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ class LaunchEnv:
     master_addr: str
     master_port: int
     launcher: str  # "torchrun" | "slurm" | "single"
+    single_node: bool = True  # every rank runs on this host
 
 
 def expand_hostlist(nodelist: str) -> list[str]:
@@ -83,6 +94,7 @@ def detect_launch_env(environ: Optional[dict] = None) -> LaunchEnv:
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=int(env.get("MASTER_PORT", 29500)),
             launcher="torchrun",
+            single_node=int(env.get("LOCAL_WORLD_SIZE", -1)) == int(env["WORLD_SIZE"]),
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
@@ -97,8 +109,27 @@ def detect_launch_env(environ: Optional[dict] = None) -> LaunchEnv:
             master_addr=master,
             master_port=int(port),
             launcher="slurm",
+            single_node=int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", 0)) or 0) == 1,
         )
     return LaunchEnv(0, 1, 0, "127.0.0.1", _free_port(), "single")
+
+
+def rendezvous_store(env: LaunchEnv, timeout: timedelta) -> torch.distributed.Store:
+    """The key-value store of this job (see the module docstring for where it listens)."""
+    if env.world_size == 1:
+        return torch.distributed.HashStore()
+    host = "127.0.0.1" if env.single_node else env.master_addr
+    if env.rank != 0:
+        return torch.distributed.TCPStore(host, env.master_port, env.world_size, False, timeout=timeout)
+    family, _, _, _, address = socket.getaddrinfo(host, env.master_port, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(address)
+    listener.listen(max(128, env.world_size))
+    # the store takes the listening socket over (libuv backend) and closes it when it is destroyed
+    store = torch.distributed.TCPStore(host, env.master_port, env.world_size, True, timeout=timeout,
+                                       wait_for_workers=False, master_listen_fd=listener.detach())
+    return store
 
 
 def seed_all(seed: int, tp_rank: int) -> None:
@@ -135,13 +166,16 @@ def start(
         if use_cuda:
             torch.cuda.set_device(env.local_rank)
         backend = "nccl" if use_cuda else "gloo"
-        torch.distributed.init_process_group(
-            backend=backend,
-            init_method=f"tcp://{env.master_addr}:{env.master_port}",
-            rank=env.rank,
-            world_size=env.world_size,
-            timeout=timedelta(minutes=timeout_minutes),
-        )
+        timeout = timedelta(minutes=timeout_minutes)
+        if env.single_node:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+            os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # torchrun's agent holds the store
+            store_args = {"init_method": f"tcp://{env.master_addr}:{env.master_port}"}
+        else:
+            store_args = {"store": rendezvous_store(env, timeout)}
+        torch.distributed.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
+                                             timeout=timeout, **store_args)
         logger.info(
             "rank %d/%d (local %d) started by %s, backend %s",
             env.rank, env.world_size, env.local_rank, env.launcher, backend,

@@ -36,7 +36,24 @@ SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "2",
 def test_torchrun_variables():
     env = detect_launch_env(dict(TORCHRUN))
     assert env == LaunchEnv(rank=3, world_size=8, local_rank=1, master_addr="10.0.0.5", master_port=29501,
-                            launcher="torchrun")
+                            launcher="torchrun", single_node=False)
+
+
+@pytest.mark.parametrize("extra, single", [
+    ({"LOCAL_WORLD_SIZE": "8"}, True), ({"LOCAL_WORLD_SIZE": "4"}, False), ({}, False)])
+def test_torchrun_single_node_is_local_world_equal_to_world(extra, single):
+    assert detect_launch_env({**TORCHRUN, **extra}).single_node is single
+
+
+@pytest.mark.parametrize("extra, single", [
+    ({"SLURM_NNODES": "1"}, True), ({"SLURM_JOB_NUM_NODES": "1"}, True), ({"SLURM_NNODES": "2"}, False),
+    ({}, False)])
+def test_slurm_single_node_from_node_count(extra, single):
+    assert detect_launch_env({**SLURM, **extra}).single_node is single
+
+
+def test_nothing_set_is_single_node():
+    assert detect_launch_env({}).single_node is True
 
 
 def test_slurm_master_is_first_host_and_port_derived_from_job_id():
