@@ -379,6 +379,16 @@ def test_wrong_kind_of_checkpoint_is_a_config_error(ckpts):
     assert "config error: gpt_model_file=" in proc.stderr and "reward model checkpoint" in proc.stderr
 
 
+def test_servers_listen_on_loopback_only(servers):
+    """Issue 12, section 2: single node, one process each; the HTTP port and nothing else, on loopback."""
+    from tests.helpers import is_loopback, listening_addresses
+
+    for name, port in (("gen", servers["gen_port"]), ("rm", int(servers["rm_url"].rsplit(":", 1)[1]))):
+        addresses = [a for pid in servers[name].pids for a in listening_addresses(pid)]
+        assert f"127.0.0.1:{port}" in addresses, (name, addresses)
+        assert all(is_loopback(a) for a in addresses), (name, addresses)
+
+
 def test_sigterm_exits_zero(servers):
     """Last in the module: both servers stop cleanly on SIGTERM."""
     assert servers["gen"].terminate() == 0, servers["gen"].output()[-3000:]
