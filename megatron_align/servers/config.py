@@ -93,6 +93,16 @@ class GPTEvalConfig:
     """Sentences one request may hold (NeMo's limit is 128)."""
     max_request_bytes: int = 10_000_000
     """Largest request body accepted, in bytes (413 above)."""
+    max_generated_tokens_per_request: int = 131_072
+    """Most tokens one request may ask for: ``tokens_to_generate`` x number of sentences (422 above)."""
+    max_all_probs_values: int = 2_000_000
+    """Most vocabulary-wide log-probs one ``all_probs=true`` request may return: sum over sentences of
+    (prompt + generated tokens - 1) x vocabulary size (422 above; ~20 bytes of JSON each)."""
+    header_timeout_s: float = 10.0
+    """A connection whose request headers are not complete this many seconds after it opened (or after its
+    previous response) is closed."""
+    keep_alive_timeout_s: float = 5.0
+    """An idle keep-alive connection is closed after this many seconds."""
     batch_wait_ms: float = 5.0
     """After a request arrives, wait this long for more to merge into the same batch."""
 
@@ -166,6 +176,11 @@ class RMInferenceConfig:
     """Sequences one request may hold."""
     max_request_bytes: int = 50_000_000
     """Largest request body accepted, in bytes (413 above)."""
+    header_timeout_s: float = 10.0
+    """A connection whose request headers are not complete this many seconds after it opened (or after its
+    previous response) is closed."""
+    keep_alive_timeout_s: float = 5.0
+    """An idle keep-alive connection is closed after this many seconds."""
     batch_wait_ms: float = 5.0
     """After a request arrives, wait this long for more to merge into the same batch."""
 
@@ -202,9 +217,13 @@ class RMServeConfig:
 
 
 def _check_serving_limits(section, prefix: str) -> None:
-    for key in ("max_batch_size", "max_sentences_per_request", "max_request_bytes"):
-        if getattr(section, key) < 1:
+    for key in ("max_batch_size", "max_sentences_per_request", "max_request_bytes",
+                "max_generated_tokens_per_request", "max_all_probs_values"):
+        if getattr(section, key, 1) < 1:
             raise ConfigError(f"{prefix}{key}={getattr(section, key)} must be at least 1", key=prefix + key)
+    for key in ("header_timeout_s", "keep_alive_timeout_s"):
+        if not getattr(section, key) > 0:
+            raise ConfigError(f"{prefix}{key}={getattr(section, key)} must be > 0 seconds", key=prefix + key)
     if section.batch_wait_ms < 0:
         raise ConfigError(f"{prefix}batch_wait_ms must be >= 0", key=prefix + "batch_wait_ms")
 

@@ -16,11 +16,12 @@ at each of those positions).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from megatron_align.servers.http import RequestError
+from megatron_align.servers.http import MAX_SEED, RequestError, Text
 
 
 class GenerateRequest(BaseModel):
@@ -28,22 +29,22 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    sentences: list[str] = Field(min_length=1, description="Prompts, one per sample.")
+    sentences: list[Text] = Field(min_length=1, description="Prompts, one per sample.")
     tokens_to_generate: int = Field(64, ge=0, description="Maximum number of tokens generated per prompt.")
     all_probs: bool = Field(False, description="Also return full_logprob (vocabulary-wide log-probs).")
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="Sampling temperature.")
     add_BOS: bool = Field(False, description="Put the bos token before each prompt.")
     greedy: bool = Field(False, description="Argmax decoding (ignores temperature, top_k, top_p).")
-    top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens (0: off).")
+    top_k: int = Field(0, ge=0, le=2**31 - 1, description="Sample among the k most likely tokens (0: off).")
     top_p: float = Field(0.9, ge=0.0, le=1.0, description="Nucleus sampling mass (1.0: off).")
     repetition_penalty: float = Field(1.0, ge=1.0,
                                       description="Penalty on already present tokens (1.0: off).")
-    end_strings: list[str] = Field(default_factory=lambda: ["<|endoftext|>"],
+    end_strings: list[Text] = Field(default_factory=lambda: ["<|endoftext|>"],
                                    description="A sample stops once its text ends with one of these.")
     min_tokens_to_generate: int = Field(0, ge=0, description="Tokens generated before eos may stop a sample.")
     compute_logprob: bool = Field(False, description="Return logprob for every token after the first.")
-    random_seed: Optional[int] = Field(None, ge=0, description="Seed of the sampling; such a request runs "
-                                       "alone, so its samples do not depend on others.")
+    random_seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Seed of the sampling; such a "
+                                       "request runs alone, so its samples do not depend on others.")
 
 
 class GenerateResponse(BaseModel):
@@ -74,12 +75,27 @@ def merge_key(req: GenerateRequest) -> Optional[tuple]:
     return tuple(tuple(v) if isinstance(v, list) else v for v in sampling_of(req).values())
 
 
-def tokenize_prompts(req: GenerateRequest, tokenizer, context_length: int, max_sentences: int) -> list:
-    """Prompt token ids; ``RequestError`` naming the field for too many sentences, an empty prompt, or a
-    prompt (plus ``tokens_to_generate``) longer than the model's context."""
-    if len(req.sentences) > max_sentences:
-        raise RequestError("sentences", f"{len(req.sentences)} sentences; at most {max_sentences} per "
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask of the server (the server config's keys of the same names)."""
+
+    max_sentences_per_request: int
+    max_generated_tokens_per_request: Optional[int] = None
+    max_all_probs_values: Optional[int] = None
+    vocab_size: int = 0
+
+
+def tokenize_prompts(req: GenerateRequest, tokenizer, context_length: int, limits: RequestLimits) -> list:
+    """Prompt token ids; ``RequestError`` naming the field for too many sentences or tokens, a response over
+    the size limit, an empty prompt, or a prompt (plus ``tokens_to_generate``) longer than the context."""
+    n = len(req.sentences)
+    if n > limits.max_sentences_per_request:
+        raise RequestError("sentences", f"{n} sentences; at most {limits.max_sentences_per_request} per "
                                         "request (the server's max_sentences_per_request)")
+    cap = limits.max_generated_tokens_per_request
+    if cap is not None and n * req.tokens_to_generate > cap:
+        raise RequestError("tokens_to_generate", f"{n} sentences x {req.tokens_to_generate} tokens is more "
+                           f"than {cap} (the server's max_generated_tokens_per_request)")
     if req.min_tokens_to_generate > req.tokens_to_generate:
         raise RequestError("min_tokens_to_generate", f"{req.min_tokens_to_generate} is more than "
                                                      f"tokens_to_generate={req.tokens_to_generate}")
@@ -97,6 +113,13 @@ def tokenize_prompts(req: GenerateRequest, tokenizer, context_length: int, max_s
                                f"sentences[{i}] is {len(prompt)} tokens, and {len(prompt)} + "
                                f"{req.tokens_to_generate} exceeds the model's context of {context_length} "
                                f"tokens (ask for at most {context_length - len(prompt)})")
+    cap = limits.max_all_probs_values
+    if req.all_probs and cap is not None:
+        values = sum(len(p) + req.tokens_to_generate - 1 for p in ids) * limits.vocab_size
+        if values > cap:
+            raise RequestError("all_probs", f"the response would hold {values} log-probs (positions x "
+                               f"vocabulary of {limits.vocab_size}); at most {cap} (the server's "
+                               "max_all_probs_values): send fewer or shorter sentences")
     return ids
 
 

@@ -81,9 +81,16 @@ def build_app(cfg: GPTEvalConfig, replica, queue, dp_size: int):
     """The FastAPI app of rank 0."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
 
     from megatron_align.servers.batching import Job
-    from megatron_align.servers.generate_api import build_response, merge_key, sampling_of, tokenize_prompts
+    from megatron_align.servers.generate_api import (
+        RequestLimits,
+        build_response,
+        merge_key,
+        sampling_of,
+        tokenize_prompts,
+    )
     from megatron_align.servers.http import await_job, install_error_handlers
     from megatron_align.servers.setup import context_length
 
@@ -93,13 +100,18 @@ def build_app(cfg: GPTEvalConfig, replica, queue, dp_size: int):
     ctx = context_length(replica.model_cfg)
     tok = replica.tokenizer
 
+    limits = RequestLimits(cfg.max_sentences_per_request, cfg.max_generated_tokens_per_request,
+                           cfg.max_all_probs_values, tok.vocab_size)
+
     @app.api_route("/generate", methods=["PUT", "POST"], response_model=GenerateResponse)
     async def generate(req: GenerateRequest):
         """Generate continuations of ``sentences`` (NeMo's fields; see the schemas)."""
-        prompt_ids = tokenize_prompts(req, tok, ctx, cfg.max_sentences_per_request)
+        # tokenizing and building / encoding the response run in worker threads: the event loop (and
+        # /health, and other requests' batching) keeps answering meanwhile
+        prompt_ids = await run_in_threadpool(tokenize_prompts, req, tok, ctx, limits)
         job = Job(items=prompt_ids, key=merge_key(req), meta=sampling_of(req))
         results = await await_job(queue, job)
-        return JSONResponse(build_response(tok, req, prompt_ids, results))
+        return await run_in_threadpool(lambda: JSONResponse(build_response(tok, req, prompt_ids, results)))
 
     @app.get("/health")
     async def health():
@@ -131,7 +143,12 @@ def _offline(cfg: GPTEvalConfig, worker: GenerationWorker, ch, layout) -> None:
     from pydantic import ValidationError
 
     from megatron_align.config import ConfigError
-    from megatron_align.servers.generate_api import build_response, sampling_of, tokenize_prompts
+    from megatron_align.servers.generate_api import (
+        RequestLimits,
+        build_response,
+        sampling_of,
+        tokenize_prompts,
+    )
     from megatron_align.servers.http import RequestError
     from megatron_align.servers.loop import run_on_replicas
     from megatron_align.servers.setup import context_length
@@ -143,7 +160,8 @@ def _offline(cfg: GPTEvalConfig, worker: GenerationWorker, ch, layout) -> None:
     try:
         req = GenerateRequest.model_validate(
             {"sentences": list(cfg.prompts), "end_strings": list(inf.end_strings), **fields}, strict=False)
-        ids = tokenize_prompts(req, worker.tokenizer, context_length(worker.model_cfg), len(req.sentences))
+        ids = tokenize_prompts(req, worker.tokenizer, context_length(worker.model_cfg),
+                               RequestLimits(len(req.sentences)))
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
@@ -185,8 +203,7 @@ def run(cfg: GPTEvalConfig) -> int:
             queue = None
             if ch.rank == 0:
                 queue = JobQueue(cfg.max_batch_size * layout.dp_size, cfg.batch_wait_ms / 1000)
-            http = start_http(ch, lambda: build_app(cfg, replica, queue, layout.dp_size), cfg.host, cfg.port,
-                              cfg.max_request_bytes)
+            http = start_http(ch, lambda: build_app(cfg, replica, queue, layout.dp_size), cfg)
             serve_forever(ch, layout, worker.compute, queue,
                           lambda jobs: {"items": [p for j in jobs for p in j.items], "params": jobs[0].meta})
             if http is not None:

@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from megatron_align.servers.config import RMServeConfig, standardization_of
+from megatron_align.servers.http import Text, TokenId
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,10 @@ class RewardRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    sentences: Optional[list[str]] = Field(None, min_length=1, description="Texts to score.")
-    tokens: Optional[list[list[int]]] = Field(None, min_length=1, description="Token-id rows to score.")
-    sequence_lengths: Optional[list[int]] = Field(None, description="Real length of each tokens row "
-                                                                    "(default: the whole row).")
+    sentences: Optional[list[Text]] = Field(None, min_length=1, description="Texts to score.")
+    tokens: Optional[list[list[TokenId]]] = Field(None, min_length=1, description="Token-id rows to score.")
+    sequence_lengths: Optional[list[TokenId]] = Field(None, description="Real length of each tokens row "
+                                                                        "(default: the whole row).")
     add_EOS: bool = Field(False, description="Append the eos token to each of sentences before scoring.")
 
 
@@ -108,6 +109,7 @@ class RewardWorker:
 def build_app(cfg: RMServeConfig, replica, queue, dp_size: int):
     """The FastAPI app of rank 0."""
     from fastapi import FastAPI
+    from starlette.concurrency import run_in_threadpool
 
     from megatron_align.servers.batching import Job
     from megatron_align.servers.http import await_job, install_error_handlers
@@ -121,7 +123,9 @@ def build_app(cfg: RMServeConfig, replica, queue, dp_size: int):
     @app.api_route("/infer", methods=["PUT", "POST"], response_model=RewardResponse)
     async def infer(req: RewardRequest):
         """Rewards of each sequence, one value per attribute."""
-        seqs, exceeded = sequences_of(req, replica.tokenizer, ctx, cfg.inference.max_sentences_per_request)
+        # tokenizing in a worker thread keeps the event loop (and /health) answering meanwhile
+        seqs, exceeded = await run_in_threadpool(sequences_of, req, replica.tokenizer, ctx,
+                                                 cfg.inference.max_sentences_per_request)
         rewards = await await_job(queue, Job(items=seqs, key="rm"))
         return {"rewards": rewards, "exceeded": exceeded}
 
@@ -171,8 +175,7 @@ def run(cfg: RMServeConfig) -> int:
         if ch.rank == 0:
             queue = JobQueue(inf.max_batch_size * layout.dp_size, inf.batch_wait_ms / 1000)
         with torch.no_grad():
-            http = start_http(ch, lambda: build_app(cfg, replica, queue, layout.dp_size), inf.host, inf.port,
-                              inf.max_request_bytes)
+            http = start_http(ch, lambda: build_app(cfg, replica, queue, layout.dp_size), inf)
             serve_forever(ch, layout, worker.compute, queue,
                           lambda jobs: {"items": [s for j in jobs for s in j.items]})
         if http is not None:

@@ -70,22 +70,25 @@ def start_replica(ckpt: str, tp: int, pp: int, trainer, tp_key: str, pp_key: str
     return Replica(model_cfg, tokenizer, env.rank, env.world_size)
 
 
-def start_http(ch, app_factory, host: str, port: int, max_request_bytes: int):
-    """Collective: rank 0 starts serving ``app_factory()``; every rank raises ``ServerError`` if it could
-    not. Returns rank 0's ``HTTPThread`` (None elsewhere)."""
-    from megatron_align.servers.http import HTTPThread
+def start_http(ch, app_factory, serving):
+    """Collective: rank 0 starts serving ``app_factory()`` on ``serving.host``/``serving.port`` with its
+    limits (body size, header and keep-alive timeouts); every rank raises ``ServerError`` if it could not.
+    Returns rank 0's ``HTTPThread`` (None elsewhere)."""
+    from megatron_align.servers.http import HTTPThread, url_of
 
+    url = url_of(serving.host, serving.port)
     http, failure = None, ""
     if ch.rank == 0:
         try:
-            http = HTTPThread(app_factory(), host, port, max_request_bytes)
+            http = HTTPThread(app_factory(), serving.host, serving.port, serving.max_request_bytes,
+                              serving.header_timeout_s, serving.keep_alive_timeout_s)
             http.start()
         except (OSError, TimeoutError) as exc:
-            failure = f"cannot serve on http://{host}:{port}: {exc}"
+            failure = f"cannot serve on {url}: {exc}"
     if ch.all_max(int(bool(failure))):
         raise ServerError(failure or "rank 0 could not start the HTTP server")
     pids = ch.gather_json(os.getpid())
     if ch.rank == 0:
         # Scripts (and the tests) wait for this line; SIGTERM to any of these PIDs stops the job.
-        print(f"server ready: http://{host}:{port} (PID {os.getpid()}; ranks' PIDs {pids})", flush=True)
+        print(f"server ready: {url} (PID {os.getpid()}; ranks' PIDs {pids})", flush=True)
     return http

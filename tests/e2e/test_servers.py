@@ -12,8 +12,10 @@ configured); the offline prompts mode; one-line config errors; SIGTERM exits 0.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
+import time
 
 import pytest
 import requests
@@ -56,7 +58,9 @@ def servers(ckpts):
         GEN_SCRIPT, f"gpt_model_file={ckpts['policy']}", "pipeline_model_parallel_split_rank=0",
         "server=True", "tensor_model_parallel_size=1", "pipeline_model_parallel_size=1",
         "trainer.precision=32", "trainer.devices=1", "trainer.num_nodes=1", "web_server=False",
-        f"port={gen_port}", "max_sentences_per_request=8", "max_request_bytes=20000", "max_batch_size=32"))
+        f"port={gen_port}", "max_sentences_per_request=8", "max_request_bytes=20000", "max_batch_size=32",
+        "max_generated_tokens_per_request=200", "max_all_probs_values=100000", "header_timeout_s=2",
+        "keep_alive_timeout_s=1"))
     rm = ServerProcess(python_cmd(
         RM_SCRIPT, f"rm_model_file={ckpts['rm']}", "trainer.num_nodes=1", "trainer.devices=1",
         "++model.tensor_model_parallel_size=1", "++model.pipeline_model_parallel_size=1",
@@ -188,6 +192,12 @@ BAD_REQUESTS = [
      "min_tokens_to_generate"),
     ({"sentences": ["x"], "max_tokens": 5}, 422, "max_tokens"),
     ({"sentences": ["x"], "random_seed": -3}, 422, "random_seed"),
+    ({"sentences": ["x"], "random_seed": 2**64}, 422, "random_seed"),
+    ({"sentences": ["x"], "top_k": 2**40}, 422, "top_k"),
+    ({"sentences": ["a\ud800b"]}, 422, "sentences[0]"),
+    ({"sentences": ["x"], "end_strings": ["\udfff"]}, 422, "end_strings[0]"),
+    ({"sentences": ["x"] * 4, "tokens_to_generate": 60}, 422, "tokens_to_generate"),  # 240 > 200
+    ({"sentences": ["In days of yore"] * 2, "tokens_to_generate": 100, "all_probs": True}, 422, "all_probs"),
 ]
 
 
@@ -206,6 +216,10 @@ def test_malformed_and_oversized_bodies(servers):
     assert r.status_code == 422 and r.json()["field"] == "body"
     r = requests.put(url, data=b"[1, 2]", headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 422 and r.json()["field"] == "body"
+    for data, status in ((b'{"sentences": ["\xff\xfe"]}', 400), (b"[" * 9000 + b"]" * 9000, 400),
+                         (b"", 422)):  # invalid UTF-8, nested deeper than Python's JSON reader, empty
+        r = requests.put(url, data=data, headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == status and r.json()["field"] == "body", (data[:20], r.status_code, r.text)
     r = _put(servers["gen_url"], {"sentences": ["x" * 30000]})  # over max_request_bytes=20000
     assert r.status_code == 413 and r.json()["field"] == "body"
 
@@ -217,6 +231,58 @@ def test_malformed_and_oversized_bodies(servers):
     assert r.status_code == 413
     ok = _put(servers["gen_url"], {"sentences": ["Q: How are you?"], "tokens_to_generate": 1, "greedy": True})
     assert ok.status_code == 200
+
+
+def _closed_by_server(sock, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_half_open_and_idle_connections_are_closed(servers):
+    """header_timeout_s=2: a connection that sends half a header is closed; keep_alive_timeout_s=1: an idle
+    connection after its response is closed."""
+    host, port = "127.0.0.1", servers["gen_port"]
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"PUT /generate HTTP/1.1\r\nHost: x\r\n")
+        assert _closed_by_server(sock, within=15)
+    with socket.create_connection((host, port), timeout=10) as sock:  # connects and says nothing
+        assert _closed_by_server(sock, within=15)
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(30)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert _closed_by_server(sock, within=15)
+    assert requests.get(f"{servers['gen_url']}/health", timeout=30).json()["status"] == "ok"
+
+
+def test_event_loop_answers_while_a_large_request_is_tokenized(servers):
+    """Four 4 MB texts to the reward server take seconds to tokenize; a /health sent meanwhile answers at
+    once (it used to wait until tokenization, run on the event loop, was done)."""
+    done = {}
+
+    def big():
+        body = {"sentences": ["many words here " * 250_000] * 4}
+        start = time.monotonic()
+        r = requests.put(f"{servers['rm_url']}/infer", json=body, timeout=300)
+        done["big"] = (time.monotonic() - start, r.status_code)
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    time.sleep(1.5)  # the body is sent and parsed; tokenization is under way
+    start = time.monotonic()
+    health = requests.get(f"{servers['rm_url']}/health", timeout=120)
+    latency = time.monotonic() - start
+    thread.join(timeout=300)
+    assert health.status_code == 200 and done["big"][1] == 200
+    assert latency < 0.2 * done["big"][0], (latency, done["big"][0])
 
 
 def test_32_concurrent_requests_equal_sequential_answers(servers):
@@ -339,6 +405,9 @@ RM_BAD = [
     ({"tokens": [[1, 99999]]}, "tokens[0]"),
     ({"tokens": [["a"]]}, "tokens[0][0]"),
     ({"sentences": ["a"], "add_EOS": 1}, "add_EOS"),
+    ({"sentences": ["ok", "a\ud800"]}, "sentences[1]"),
+    ({"tokens": [[2**40]]}, "tokens[0][0]"),
+    ({"tokens": [[1]], "sequence_lengths": [2**70]}, "sequence_lengths[0]"),
 ]
 
 

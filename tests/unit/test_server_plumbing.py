@@ -189,3 +189,11 @@ def test_http_errors_name_the_field(echo_server, body, status, field):
 def test_http_thread_refuses_a_taken_port(echo_server):
     with pytest.raises(OSError, match="did not start"):
         HTTPThread(FastAPI(), "127.0.0.1", echo_server, max_request_bytes=10).start()
+
+
+@pytest.mark.parametrize("host, url", [("127.0.0.1", "http://127.0.0.1:5555"), ("::1", "http://[::1]:5555"),
+                                       ("localhost", "http://localhost:5555"), ("fe80::1", "http://[fe80::1]:5555")])
+def test_ready_line_url_brackets_ipv6_literals(host, url):
+    from megatron_align.servers.http import url_of
+
+    assert url_of(host, 5555) == url
