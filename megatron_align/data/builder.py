@@ -46,6 +46,8 @@ def build_sft_dataset(data: DataConfig, split: str, tokenizer, seed: int, num_sa
         if type(e) is not ValueError:
             raise
         raise ConfigError(f"{key}: {e}", key=f"{key}.prompt_template") from None
+    for f in files:  # every line checked before step 1 (one pass; bad lines raise or are counted once)
+        f.validate()
     return BlendedSFTDataset(files, ds.concat_sampling_probabilities, seed=seed, shuffle=ds.shuffle,
                              num_samples=num_samples)
 

@@ -83,9 +83,16 @@ class DataReport:
     """Occurrences per reason."""
     examples: dict[str, list[str]] = field(default_factory=dict)
     """The first ``max_examples`` messages per reason."""
+    _counted: set = field(default_factory=set, repr=False, compare=False)
 
-    def add(self, reason: str, message: str, level: int = logging.WARNING) -> None:
-        """Count one occurrence of ``reason``; the first is logged at once (``level``)."""
+    def add(self, reason: str, message: str, level: int = logging.WARNING, key: object = None) -> None:
+        """Count one occurrence of ``reason``; the first is logged at once (``level``). With ``key`` (a line
+        number), a key already counted for this reason is not counted again: a bad line read in every epoch
+        is one bad line."""
+        if key is not None:
+            if (reason, key) in self._counted:
+                return
+            self._counted.add((reason, key))
         first = reason not in self.counts
         self.counts[reason] = self.counts.get(reason, 0) + 1
         kept = self.examples.setdefault(reason, [])

@@ -181,6 +181,10 @@ class JsonlFile:
         except json.JSONDecodeError as e:
             raise DataError(self.path, self.line_number(k), RECORD_FIELD,
                             f"invalid JSON: {e.msg} (column {e.colno})") from None
+        except RecursionError:
+            raise DataError(self.path, self.line_number(k), RECORD_FIELD,
+                            "nesting too deep (JSON arrays / objects nested beyond what a record needs)"
+                            ) from None
 
     def close(self) -> None:
         """Close the file descriptor (it is re-opened on the next read)."""

@@ -112,7 +112,7 @@ class _RMFile:
     def _bad(self, err: DataError) -> None:
         if self.rules.on_bad_record == "error":
             raise err
-        self.report.add("bad_record", str(err))
+        self.report.add("bad_record", str(err), key=err.line)
 
     def _object(self, k: int) -> dict | None:
         try:

@@ -155,14 +155,16 @@ def test_bad_data_one_line_error_or_skipped_and_counted(sft_data, tmp_path):
     err = _run(_args(sft_data, tmp_path / "err", *args))
     assert err.returncode == 2, err.stderr[-3000:]
     last = err.stderr.strip().splitlines()[-1]
-    # the sampler's shuffled order decides which bad line is met first
-    assert (last.startswith(f"data error: {bad}:3: conversations[0].from: unknown role 'Bot'")
-            or last.startswith(f"data error: {bad}:4: (record): invalid JSON")), last
+    # every line is checked before step 1: the first bad line in the file, with the count of bad lines
+    assert last.startswith(f"data error: {bad}:3: conversations[0].from: unknown role 'Bot'"), last
+    assert "the first of 2 bad lines" in last, last
     assert "Traceback" not in err.stderr
+    assert not (tmp_path / "err" / "metrics.jsonl").exists() or not _metrics(tmp_path / "err")  # no step ran
     skip = _run(_args(sft_data, tmp_path / "skip", *args, "model.data.train_ds.on_bad_record=skip"))
     assert skip.returncode == 0, skip.stderr[-3000:]
     assert "Traceback" not in skip.stderr
     assert "bad_record" in skip.stderr and ":4:" in skip.stderr  # both bad lines reported, with positions
+    assert "2 x bad_record" in skip.stderr, skip.stderr[-3000:]  # lines, not occurrences
 
 
 def test_packed_sequence_run_matches_padded_run(sft_data, tmp_path):

@@ -79,7 +79,7 @@ def test_chat_record_errors_are_skipped_and_counted(tmp_path, bad, field, proble
     with caplog.at_level(logging.WARNING):
         assert [s is not None for s in (f.sample(0), f.sample(1), f.sample(2), f.sample(1))] == [
             True, False, True, False]
-    assert f.report.count("bad_record") == 2
+    assert f.report.count("bad_record") == 1  # one bad line, read twice: counted once (issue 12)
     assert f.report.examples["bad_record"][0] == f"{path}:3: {field}: {problem}"
     logged = [r.getMessage() for r in caplog.records if "bad_record" in r.getMessage()]
     assert len(logged) == 1 and f"{path}:3: {field}: {problem}" in logged[0]  # logged once
@@ -129,3 +129,51 @@ def test_file_level_errors(tmp_path):
         SFTFile(empty, sp_tokenizer())
     with pytest.raises(ValueError, match="on_bad_record"):
         SFTFile(empty, sp_tokenizer(), SampleRules(on_bad_record="ignore"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# issue 12, section 4: nesting, one pass before step 1, skip counts lines
+# ----------------------------------------------------------------------------------------------------------
+DEEP = "[" * 50_000 + "]" * 50_000
+
+
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_deeply_nested_line_is_one_line_error_or_counted_skip(tmp_path, mode):
+    path = write_jsonl(tmp_path / "deep.jsonl", [GOOD_CHAT, DEEP, GOOD_CHAT])
+    f = SFTFile(path, sp_tokenizer(), SampleRules(chat=True, on_bad_record=mode))
+    if mode == "error":
+        with pytest.raises(DataError) as info:
+            f.sample(1)
+        assert str(info.value).startswith(f"{path}:2: (record): nesting too deep")
+    else:
+        assert f.sample(1) is None and f.report.count("bad_record") == 1
+
+
+def test_validate_reports_the_first_bad_line_and_the_count(tmp_path):
+    rows = [GOOD_CHAT] * 5 + ["{not json"] + [GOOD_CHAT] * 3 + [DEEP, '{"conversations": 3}']
+    path = write_jsonl(tmp_path / "many.jsonl", rows)
+    f = SFTFile(path, sp_tokenizer(), SampleRules(chat=True))
+    with pytest.raises(DataError) as info:
+        f.validate()
+    assert info.value.line == 6 and "invalid JSON" in str(info.value)
+    assert "the first of 3 bad lines" in str(info.value) and "\n" not in str(info.value)
+    skip = SFTFile(path, sp_tokenizer(), SampleRules(chat=True, on_bad_record="skip"))
+    assert skip.validate() == 3 and skip.report.count("bad_record") == 3
+    for _ in range(2):  # two epochs over the file: still three bad lines
+        skip.samples()
+    assert skip.report.count("bad_record") == 3
+    good_path = write_jsonl(tmp_path / "good.jsonl", [GOOD_CHAT] * 3)
+    good = SFTFile(good_path, sp_tokenizer(), SampleRules(chat=True))
+    assert good.validate() == 0
+
+
+def test_build_sft_dataset_validates_every_line_before_training(tmp_path):
+    from megatron_align.config.data import DataConfig
+    from megatron_align.data.builder import build_sft_dataset
+
+    path = write_jsonl(tmp_path / "late.jsonl", [GOOD_CHAT] * 50 + ["{late bad line"])
+    data = DataConfig()
+    data.chat = True
+    data.train_ds.file_path = str(path)
+    with pytest.raises(DataError, match=r"late\.jsonl:51: .*first of 1 bad line in this file"):
+        build_sft_dataset(data, "train_ds", sp_tokenizer(), seed=1)
