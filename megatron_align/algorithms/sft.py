@@ -135,7 +135,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     from megatron_align.data.packing import pack_samples
     from megatron_align.data.sft import build_sft_datasets, collate_sft
     from megatron_align.distributed import start
-    from megatron_align.models.checkpoint import load_checkpoint, read_model_config
+    from megatron_align.models.checkpoint import checkpoint_kind, load_checkpoint, read_model_config
     from megatron_align.models.gpt import build_gpt_model
     from megatron_align.tokenizers import load_tokenizer, load_tokenizer_from_dir
     from megatron_align.training.checkpointing import CheckpointManager
@@ -154,8 +154,14 @@ def run_sft(cfg: SFTConfig) -> dict:
     model_cfg: ModelConfig = m
     tokenizer_dir: Optional[Path] = None
     if m.restore_from_path:
+        kind = checkpoint_kind(m.restore_from_path)
+        if kind != "gpt":
+            raise ConfigError(f"model.restore_from_path={m.restore_from_path} is a {kind} model checkpoint; "
+                              "SFT fine-tunes a language model: give a GPT checkpoint",
+                              key="model.restore_from_path")
         restored = read_model_config(m.restore_from_path)
-        model_cfg = _merge_architecture(m, restored)
+        model_cfg = _merge_architecture(m, restored, source=m.restore_from_path)
+        _check_context(m.data, model_cfg, m.restore_from_path)
         tokenizer_dir = Path(m.restore_from_path) / "tokenizer"
         tokenizer = load_tokenizer_from_dir(tokenizer_dir)
     else:
@@ -251,14 +257,37 @@ def run_sft(cfg: SFTConfig) -> dict:
     return summary
 
 
-def _merge_architecture(requested: ModelConfig, restored: ModelConfig) -> ModelConfig:
-    """The restored checkpoint decides the architecture; the command line decides layout and training."""
+def _merge_architecture(requested: ModelConfig, restored: ModelConfig, source: str = "the checkpoint",
+                        ) -> ModelConfig:
+    """The restored checkpoint decides the architecture; the command line decides layout and training. An
+    architecture key the user set to something else is named in one warning line (it is not used)."""
     keep = {f.name for f in dataclasses.fields(ModelConfig)} - {
         "tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel",
         "restore_from_path", "optim", "data", "micro_batch_size", "global_batch_size", "hidden_dropout",
         "attention_dropout", "seed", "megatron_amp_O2", "activations_checkpoint_granularity",
         "activations_checkpoint_method", "activations_checkpoint_num_layers"}
+    defaults = type(requested)()
+    ignored = []
+    for k in sorted(keep):
+        asked, saved = getattr(requested, k), getattr(restored, k)
+        if asked != getattr(defaults, k) and asked != saved:
+            ignored.append(f"model.{k}={asked!r} (checkpoint: {saved!r})")
+    if ignored:
+        logger.warning("ignored: %s: the architecture comes from %s/model_config.yaml", "; ".join(ignored),
+                       source)
     return dataclasses.replace(requested, **{k: getattr(restored, k) for k in keep})
+
+
+def _check_context(data: DataConfig, model_cfg: ModelConfig, source: str) -> None:
+    """Training rows must fit the restored model's context (its position table and training length)."""
+    context = min(model_cfg.encoder_seq_length, model_cfg.max_position_embeddings)
+    for split in ("train_ds", "validation_ds"):
+        length = getattr(data, split).max_seq_length
+        if length > context:
+            key = f"model.data.{split}.max_seq_length"
+            raise ConfigError(f"{key}={length} is longer than the context of {context} tokens of {source} "
+                              f"(encoder_seq_length={model_cfg.encoder_seq_length}, max_position_embeddings="
+                              f"{model_cfg.max_position_embeddings}): use at most {context}", key=key)
 
 
 def _val_microbatches(val_ds, limit, vcfg, dp_rank, dp, pad_id, seq_len, collate):

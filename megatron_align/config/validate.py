@@ -31,6 +31,39 @@ def _at_least_one(key: str, value: int) -> None:
         raise ConfigError(f"{key}={value} must be at least 1", key=key)
 
 
+def _number_in(key: str, value: Any, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False) -> None:
+    """``value`` is a finite number within [low, high] (open ends where asked), else one line naming key."""
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        rule = " and ".join(x for x in (lo, hi) if x)
+        raise ConfigError(f"{key}={value!r} must be a finite number {rule}".rstrip(), key=key)
+
+
+def _check_optim(optim: Any) -> None:
+    """Learning rates, Adam's betas and eps, weight decay: finite and in range (no traceback mid-step)."""
+    _number_in("model.optim.lr", optim.lr, low=0.0)
+    _number_in("model.optim.weight_decay", optim.weight_decay, low=0.0)
+    _number_in("model.optim.eps", optim.eps, low=0.0, low_open=True)
+    betas = list(optim.betas) if isinstance(optim.betas, (list, tuple)) else optim.betas
+    if not isinstance(betas, list) or len(betas) != 2:
+        raise ConfigError(f"model.optim.betas={optim.betas!r} must be two numbers, e.g. [0.9, 0.98]",
+                          key="model.optim.betas")
+    for i, beta in enumerate(betas):
+        _number_in(f"model.optim.betas[{i}]", beta, low=0.0, high=1.0, high_open=True)
+    sched = getattr(optim, "sched", None)
+    if sched is not None:
+        _number_in("model.optim.sched.min_lr", sched.min_lr, low=0.0)
+
+
 def validate_layout(cfg: Any, world_size: int | None = None) -> int:
     """Raise ``ConfigError`` for an impossible parallel layout or architecture; return the world size used.
 
@@ -46,6 +79,12 @@ def validate_layout(cfg: Any, world_size: int | None = None) -> int:
             f"trainer.precision={trainer.precision!r} is not one of {'|'.join(PRECISIONS)} "
             "(also accepted: bf16-mixed, 16-mixed)", key="trainer.precision")
 
+    if getattr(m, "optim", None) is not None:
+        _check_optim(m.optim)
+    for name, section in vars(trainer).items():  # trainer.sft / trainer.rm / ...: the gradient clip
+        clip = getattr(section, "gradient_clip_val", None)
+        if clip is not None:
+            _number_in(f"trainer.{name}.gradient_clip_val", clip, low=0.0)
     tp, pp = m.tensor_model_parallel_size, m.pipeline_model_parallel_size
     _at_least_one("model.tensor_model_parallel_size", tp)
     _at_least_one("model.pipeline_model_parallel_size", pp)

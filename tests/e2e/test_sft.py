@@ -179,3 +179,37 @@ def test_packed_sequence_run_matches_padded_run(sft_data, tmp_path):
     assert [r["trained_tokens"] for r in a] == [r["trained_tokens"] for r in b]
     for x, y in zip(a, b):
         assert abs(x["loss"] - y["loss"]) <= 1e-4 * abs(x["loss"]), (x, y)
+
+
+@pytest.fixture(scope="module")
+def two_kinds(tmp_path_factory, megatron_single):
+    from tests.servers_common import make_checkpoints
+
+    return make_checkpoints(tmp_path_factory.mktemp("kinds"))  # a policy and a reward model, context 256
+
+
+def test_restore_checks_kind_context_and_ignored_architecture(two_kinds, tmp_path):
+    """Issue 12, section 5: SFT from a reward-model checkpoint, rows longer than the checkpoint's context:
+    one line each, exit 2; an architecture key given with restore_from_path is named as ignored."""
+    base = ["model.data.chat=True", f"model.data.train_ds.file_path={FIXTURE}",
+            f"model.data.validation_ds.file_path={FIXTURE}", "model.data.train_ds.micro_batch_size=1",
+            "model.data.train_ds.global_batch_size=1", "model.data.validation_ds.micro_batch_size=1",
+            "model.data.validation_ds.global_batch_size=1", "trainer.precision=32", "trainer.sft.max_steps=1",
+            "trainer.sft.val_check_interval=100", "exp_manager.create_tensorboard_logger=False"]
+    rm = _run([*base, f"model.restore_from_path={two_kinds['rm']}", "model.data.train_ds.max_seq_length=256",
+               f"exp_manager.explicit_log_dir={tmp_path / 'a'}"])
+    assert rm.returncode == 2 and "Traceback" not in rm.stderr, rm.stderr[-3000:]
+    assert rm.stderr.strip().splitlines()[-1].startswith("config error: model.restore_from_path=")
+    assert "reward model checkpoint" in rm.stderr
+    long = _run([*base, f"model.restore_from_path={two_kinds['policy']}",
+                 "model.data.train_ds.max_seq_length=100000",
+                 f"exp_manager.explicit_log_dir={tmp_path / 'b'}"])
+    assert long.returncode == 2 and "Traceback" not in long.stderr, long.stderr[-3000:]
+    last = long.stderr.strip().splitlines()[-1]
+    assert "model.data.train_ds.max_seq_length=100000" in last and "context of 256" in last, last
+    heads = _run([*base, f"model.restore_from_path={two_kinds['policy']}", "model.num_attention_heads=3",
+                  "model.data.train_ds.max_seq_length=256", "model.data.validation_ds.max_seq_length=256",
+                  f"exp_manager.explicit_log_dir={tmp_path / 'c'}"])
+    assert heads.returncode == 0, heads.stderr[-3000:]
+    warned = [x for x in heads.stderr.splitlines() if "ignored: model.num_attention_heads=3" in x]
+    assert len(warned) == 1 and "the architecture comes from" in warned[0], heads.stderr[-3000:]

@@ -447,3 +447,22 @@ def test_cli_main_decorator_and_quiet_non_zero_ranks(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["model.seed=x"])
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.optim.lr=-1", "model.optim.lr"), ("model.optim.lr=nan", "model.optim.lr"),
+    ("model.optim.lr=inf", "model.optim.lr"), ("model.optim.weight_decay=-0.1", "model.optim.weight_decay"),
+    ("model.optim.eps=0", "model.optim.eps"), ("model.optim.betas=[0.9,1.0]", "model.optim.betas[1]"),
+    ("model.optim.betas=[0.9]", "model.optim.betas"),
+    ("model.optim.sched.min_lr=-1", "model.optim.sched.min_lr"),
+    ("trainer.sft.gradient_clip_val=nan", "trainer.sft.gradient_clip_val"),
+])
+def test_optimizer_values_are_range_checked_at_load(override, key):
+    """Issue 12, section 5: a negative or NaN learning rate (and the like) is one line at load time."""
+    from megatron_align.algorithms.sft import SFTConfig
+    from tests.helpers import ROOT
+
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, ROOT / "conf" / "gpt_sft.yaml", [override, "model.data.train_ds.file_path=x"])
+    assert key in err.value.line() and "\n" not in err.value.line()
+    assert "finite number" in err.value.line() or "two numbers" in err.value.line()
