@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="generation server, e.g. http://127.0.0.1:1427")
     where.add_argument("--checkpoint", help="attribute-conditioned SFT checkpoint directory (in process)")
-    p.add_argument("--tokens-to-generate", type=int, default=512)
+    p.add_argument("--tokens-to-generate", type=int, default=None,
+                   help="most tokens to generate (default: --checkpoint: as many as the model's context "
+                        "leaves after the prompt, a larger value is cut to that with a note; --url: 512)")
     p.add_argument("--min-tokens-to-generate", type=int, default=0)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--greedy", action="store_true", help="argmax decoding (the default)")
@@ -54,6 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "CPU)")
     p.add_argument("--timeout", type=float, default=600.0, help="--url: seconds to wait for the answer")
     return p
+
+
+def _fit_to_context(params, asked, backend, prompt: str, add_bos: bool):
+    """``params`` with ``tokens_to_generate`` at most what the model's context leaves after ``prompt``
+    (all of it when ``asked`` is None); a cut is said in one note on stderr."""
+    import dataclasses
+
+    prompt_len = len(backend.tokenizer.text_to_ids(prompt)) + int(add_bos)
+    room = backend.max_sequence_length - prompt_len
+    if room < 1:
+        raise SteerError(f"prompt: {prompt_len} tokens with the label line and chat markers; the model's "
+                         f"context is {backend.max_sequence_length} tokens")
+    if asked is not None and asked <= room:
+        return params
+    if asked is not None:
+        print(f"note: --tokens-to-generate {asked} does not fit the model's context of "
+              f"{backend.max_sequence_length} tokens after a {prompt_len}-token prompt; generating at most "
+              f"{room}", file=sys.stderr, flush=True)
+    return dataclasses.replace(params, tokens_to_generate=room)
 
 
 def main(argv: list[str]) -> int:
@@ -75,7 +96,7 @@ def main(argv: list[str]) -> int:
                     "random_seed": args.seed, "end_strings": args.end_string or [END_STRING]}
         if not greedy:
             sampling.update(top_k=args.top_k or 0, top_p=args.top_p or 0.0)
-        params = steer_sampling(args.tokens_to_generate, greedy=greedy, **sampling)
+        params = steer_sampling(args.tokens_to_generate or 512, greedy=greedy, **sampling)
         if args.url is not None:
             answer = steer(args.prompt, values, url=args.url, sampling=params, system=args.system,
                            raw=args.raw, timeout=args.timeout)
@@ -86,6 +107,8 @@ def main(argv: list[str]) -> int:
 
             warnings.filterwarnings("ignore")
             backend = load_backend(args.checkpoint, args.precision)
+            params = _fit_to_context(params, args.tokens_to_generate, backend,
+                                     steer_prompt(args.prompt, values, args.system), args.add_bos)
             answer = steer(args.prompt, values, backend=backend, sampling=params, system=args.system,
                            raw=args.raw)
         sys.stdout.write(answer + "\n")

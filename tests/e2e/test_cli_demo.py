@@ -131,6 +131,15 @@ def test_tiny_demo_runs_every_steerlm_stage_and_learns(tmp_path):
     assert (run / "steering.png").read_bytes()[:4] == b"\x89PNG"
     assert len(_jsonl(run / "samples.jsonl")) == 3 * 5 * 4
 
+    # the README's steer example, as printed, on the demo's own checkpoint (issue 12, section 6)
+    ckpt = stages["ac_sft"]["checkpoint"]
+    steer = _cli("steer", "--checkpoint", str(ckpt), "--prompt", "What is 3 apples plus 4 apples?",
+                 "--values", "verbosity:4,humor:3")
+    assert steer.returncode == 0 and steer.stdout.strip(), steer.stderr[-3000:]
+    cut = _cli("steer", "--checkpoint", str(ckpt), "--prompt", "What is 3 apples plus 4 apples?",
+               "--tokens-to-generate", "100000")
+    assert cut.returncode == 0 and "note: --tokens-to-generate 100000 does not fit" in cut.stderr, cut.stderr
+
 
 FAST = [*TINY, "base_model.max_steps=4", "reward_model.max_steps=4", "ac_sft.max_steps=4",
         "bootstrap.max_steps=2", "bootstrap.num_prompts=2", "evaluation.num_prompts=2",
