@@ -19,11 +19,11 @@ import sys
 
 def main(argv: list[str]) -> int:
     from megatron_align.config import load_config, run_cli
-    from megatron_align.steerlm.bootstrap_config import BootstrapConfig, split_overrides
+    from megatron_align.steerlm.bootstrap_config import FINETUNE_HELP, BootstrapConfig, split_overrides
 
     def inner() -> int:
         own, sft = split_overrides(argv)
-        cfg = load_config(BootstrapConfig, None, own)
+        cfg = load_config(BootstrapConfig, None, own, help_epilog=FINETUNE_HELP)
         from megatron_align.distributed.launch import shutdown
         from megatron_align.log import setup_logging
         from megatron_align.steerlm.bootstrap import run_bootstrap

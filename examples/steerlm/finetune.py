@@ -16,6 +16,7 @@ import sys
 def main(argv: list[str]) -> int:
     from megatron_align.config import load_config, run_cli
     from megatron_align.steerlm.bootstrap_config import (
+        FINETUNE_HELP,
         FinetuneStepConfig,
         require,
         sft_config,
@@ -24,7 +25,7 @@ def main(argv: list[str]) -> int:
 
     def inner() -> int:
         own, sft = split_overrides(argv)
-        cfg = load_config(FinetuneStepConfig, None, own)
+        cfg = load_config(FinetuneStepConfig, None, own, help_epilog=FINETUNE_HELP)
         require(cfg, "input", "checkpoint", "output_dir")
         sft_config(cfg.input, cfg.checkpoint, cfg.output_dir, sft)  # bad finetune.* keys fail here, at once
         from megatron_align.distributed.launch import shutdown

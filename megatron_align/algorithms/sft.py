@@ -282,8 +282,9 @@ def _check_context(data: DataConfig, model_cfg: ModelConfig, source: str) -> Non
     """Training rows must fit the restored model's context (its position table and training length)."""
     context = min(model_cfg.encoder_seq_length, model_cfg.max_position_embeddings)
     for split in ("train_ds", "validation_ds"):
-        length = getattr(data, split).max_seq_length
-        if length > context:
+        ds = getattr(data, split)
+        length = ds.max_seq_length
+        if length > context and (split == "train_ds" or ds.file_path):  # an unset validation split is unused
             key = f"model.data.{split}.max_seq_length"
             raise ConfigError(f"{key}={length} is longer than the context of {context} tokens of {source} "
                               f"(encoder_seq_length={model_cfg.encoder_seq_length}, max_position_embeddings="

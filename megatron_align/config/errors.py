@@ -65,8 +65,14 @@ def run_cli(main_fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
     Every rank fails the same way, so only rank 0 prints (the others exit silently with the same status).
     """
+    from megatron_align.config.loader import HelpRequested
+
     try:
         return main_fn(*args, **kwargs)
+    except HelpRequested as help_:
+        sys.stdout.write(help_.text)
+        sys.stdout.flush()
+        return 0  # type: ignore[return-value]
     except UserError as err:
         # A config error is the same on every rank: rank 0 speaks. A data or checkpoint error may hit one
         # rank only (it read that record): every rank that hits it speaks, naming itself if it is not rank 0.

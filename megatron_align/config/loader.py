@@ -55,8 +55,26 @@ def merge_yaml_file(tree: ConfigTree, path: PathLike) -> None:
     tree.merge(data, source_of)
 
 
+class HelpRequested(Exception):
+    """``--help`` among the overrides: ``run_cli`` prints ``text`` to stdout and exits 0."""
+
+    def __init__(self, text: str):
+        super().__init__("help requested")
+        self.text = text
+
+
+def help_text(defaults: Any, yaml_path: PathLike | None, epilog: str = "") -> str:
+    """Usage, then every key with its default (after ``yaml_path``) and its one-line documentation."""
+    from megatron_align.config.docgen import commented_yaml
+
+    source = f" (defaults: the schema, then {yaml_path})" if yaml_path is not None else " (their defaults)"
+    return ("usage: [torchrun ...] SCRIPT [key=value ...] [++key=value ...] [~key ...]\n\n"
+            f"Keys{source}; set any with key=value, nested keys with dots (model.optim.lr=5e-6):\n\n"
+            + commented_yaml(defaults) + (f"\n{epilog.rstrip()}\n" if epilog else ""))
+
+
 def load_config(schema_cls: type[T], yaml_path: PathLike | None = None, overrides: Iterable[str] = (),
-                *, validate: bool = True, world_size: int | None = None) -> T:
+                *, validate: bool = True, world_size: int | None = None, help_epilog: str = "") -> T:
     """Build a ``schema_cls`` instance: its defaults, then ``yaml_path`` (optional), then ``overrides``.
 
     Interpolations (``${model.encoder_seq_length}``) are resolved. With ``validate`` (the default) and a
@@ -65,9 +83,12 @@ def load_config(schema_cls: type[T], yaml_path: PathLike | None = None, override
     it defines one (where a stage checks its batch sizes, ...).
     Every mistake raises :class:`ConfigError` (one line, naming key, fix and source).
     """
+    overrides = list(overrides)
     tree = ConfigTree(schema_cls)
     if yaml_path is not None:
         merge_yaml_file(tree, yaml_path)
+    if any(arg in ("-h", "--help") for arg in overrides):
+        raise HelpRequested(help_text(tree.to_object(), yaml_path, help_epilog))
     apply_overrides(tree, overrides)
     cfg = tree.to_object()
     if validate and hasattr(cfg, "trainer") and hasattr(cfg, "model"):

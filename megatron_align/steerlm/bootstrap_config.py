@@ -147,6 +147,9 @@ class BootstrapConfig:
     """Reward model settings."""
 
 
+FINETUNE_HELP = ("finetune.<key>=value: any key of the SFT stage (python examples/train_gpt_sft.py --help "
+                 "lists them),\napplied after conf/gpt_sft.yaml and the bootstrap's chat defaults "
+                 "(finetune.model.optim.lr=5e-6).")
 _OP = re.compile(r"^(\+\+|\+|~)?(.*)$", re.S)
 
 

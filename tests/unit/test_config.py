@@ -466,3 +466,48 @@ def test_optimizer_values_are_range_checked_at_load(override, key):
         load_config(SFTConfig, ROOT / "conf" / "gpt_sft.yaml", [override, "model.data.train_ds.file_path=x"])
     assert key in err.value.line() and "\n" not in err.value.line()
     assert "finite number" in err.value.line() or "two numbers" in err.value.line()
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("script", sorted(str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.py")))
+def test_every_example_script_answers_help(script, capsys):
+    """``--help`` prints usage and exits 0 (a config script lists its keys with their YAML defaults)."""
+    import runpy
+
+    main = runpy.run_path(str(EXAMPLES / script))["main"]
+    try:
+        rc = main(["--help"])
+    except SystemExit as exit_:  # argparse scripts
+        rc = exit_.code
+    out = capsys.readouterr().out
+    assert rc in (0, None), out
+    assert out.startswith("usage:"), out[:200]
+    if script == "train_gpt_sft.py":  # keys of conf/gpt_sft.yaml with their doc lines
+        assert "    # Peak learning rate.\n    lr: 1.0e-05\n" in out
+        assert "# Samples per optimizer step over all data-parallel ranks." in out
+
+
+def test_help_shows_the_yaml_defaults_and_stops_before_other_overrides(tmp_path, capsys):
+    """Keys after ``--help`` are not applied (a bad one does not turn help into an error)."""
+    from megatron_align.config.errors import run_cli
+    from megatron_align.config.loader import load_config
+
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("trainer:\n  num_nodes: 3\n")
+
+    @dataclass
+    class Trainer:
+        num_nodes: int = 1
+        """Nodes in the job."""
+
+    @dataclass
+    class Cfg:
+        trainer: Trainer = field(default_factory=Trainer)
+
+    assert run_cli(lambda: load_config(Cfg, yaml, ["no.such.key=1", "--help"])) == 0
+    out = capsys.readouterr().out
+    assert "num_nodes: 3" in out and "# Nodes in the job." in out
+    with pytest.raises(ConfigError):
+        load_config(Cfg, yaml, ["no.such.key=1"])
