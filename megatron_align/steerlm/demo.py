@@ -73,9 +73,9 @@ class Pipeline:
         gc.collect()
 
     def bar(self, total: int, desc: str):
-        from tqdm import tqdm
+        from megatron_align.log import progress_bar
 
-        return tqdm(total=total, desc=desc, disable=not self.rank0, dynamic_ncols=True)
+        return progress_bar(total, desc, disable=not self.rank0)
 
     def write_jsonl(self, path: Path, rows) -> None:
         from megatron_align.data.steerlm.io import write_jsonl

@@ -10,6 +10,7 @@ Directory detection, first match wins:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,8 +47,31 @@ def load_tokenizer(library: str, path: str, **special_tokens: str) -> AlignToken
             f"{path}: special token overrides {sorted(special_tokens)} apply only to huggingface"
         )
     tokenizer = LIBRARIES[name](path, **special_tokens)
-    logger.info("loaded %r", tokenizer)
+    fingerprint = _fingerprint(name, path, special_tokens)
+    # Each stage of a run loads its checkpoint's copy of the same tokenizer: say it once per process.
+    logger.log(logging.DEBUG if fingerprint in _announced else logging.INFO, "loaded %r", tokenizer)
+    _announced.add(fingerprint)
     return tokenizer
+
+
+_announced: set[str] = set()
+
+
+def _fingerprint(library: str, path: str, special_tokens: dict) -> str:
+    """A digest of the tokenizer's files (a copy of the same tokenizer elsewhere has the same one); a file
+    over 64 MiB (model weights beside an HF tokenizer) counts by name and size only."""
+    digest = hashlib.sha256(f"{library}\0{sorted(special_tokens.items())}".encode())
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(path, f) for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
+    for file in files:
+        size = os.path.getsize(file)
+        digest.update(f"{os.path.basename(file)}\0{size}\0".encode())
+        if size > 64 << 20:
+            continue
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def detect_library(directory: str) -> str:

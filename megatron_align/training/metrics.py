@@ -45,9 +45,9 @@ class MetricsWriter:
                 logger.warning("tensorboard is not installed: metrics go to metrics.jsonl only")
         if wandb:
             self._wandb = _start_wandb(self.run_dir, wandb_kwargs or {}, config or {})
-        from tqdm import tqdm
+        from megatron_align.log import progress_bar
 
-        self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+        self._bar = progress_bar(total_steps, desc, initial=start_step)
 
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():

@@ -1,7 +1,9 @@
-"""``megatron-align plot RUN_DIR``: one PNG per logged metric (from ``metrics.jsonl``), plus an overview.
+"""``megatron-align plot DIR``: PNG curves of the metrics training stages logged (``metrics.jsonl``).
 
-Writes ``RUN_DIR/plots/<metric>.png`` and ``RUN_DIR/plots/overview.png`` (training loss with validation loss
-overlaid, learning rate, gradient norm, throughput) and returns the written paths.
+``DIR`` is one stage's run directory (it holds ``metrics.jsonl``): ``DIR/plots/<metric>.png`` for each metric
+plus ``DIR/plots/overview.png`` (training loss with validation loss overlaid, learning rate, gradient norm,
+throughput). Or ``DIR`` holds several stages below it (the demo's ``runs/steerlm_demo``, a bootstrap's output
+directory): one figure per stage, ``DIR/plots/<stage path>.png``, with a panel per metric.
 """
 
 from __future__ import annotations
@@ -10,19 +12,26 @@ import json
 import math
 from pathlib import Path
 
+Series = dict[str, tuple[list[int], list[float]]]  # {metric: (steps, values)}
+OVERVIEW = ("loss", "lr", "grad_norm", "tokens_per_s")
 
-def read_metrics(run_dir) -> dict[str, tuple[list[int], list[float]]]:
-    """``{metric: (steps, values)}`` from ``metrics.jsonl`` (non-finite values are skipped)."""
+
+def read_metrics(run_dir) -> Series:
+    """``{metric: (steps, values)}`` from ``run_dir/metrics.jsonl``; non-finite values and unreadable lines (a
+    line cut short by a crash) are skipped."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics.jsonl in this run directory")
-    series: dict[str, tuple[list[int], list[float]]] = {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
+    series: Series = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
             continue
-        row = json.loads(line)
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            continue
         for k, v in row.items():
-            if k == "step" or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if k == "step" or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 continue
             steps, values = series.setdefault(k, ([], []))
             steps.append(row["step"])
@@ -30,42 +39,82 @@ def read_metrics(run_dir) -> dict[str, tuple[list[int], list[float]]]:
     return series
 
 
+def stage_dirs(root) -> list[Path]:
+    """The stage run directories at or below ``root``: ``[root]`` when it holds ``metrics.jsonl``, else every
+    directory below it that does (sorted)."""
+    root = Path(root)
+    if (root / "metrics.jsonl").is_file():
+        return [root]
+    found = sorted(p.parent for p in root.rglob("metrics.jsonl") if p.is_file())
+    if not found:
+        raise FileNotFoundError(f"{root}: no metrics.jsonl in this directory or below it (give a training "
+                                "stage's run directory, or one that holds some)")
+    return found
+
+
 def plot_run(run_dir) -> list[Path]:
+    """Plot one stage (per-metric PNGs and an overview) or, for a directory of stages, one figure per stage;
+    returns the written paths."""
+    root = Path(run_dir)
+    stages = stage_dirs(root)
+    if stages == [root]:
+        return _plot_stage(root)
+    out_dir = root / "plots"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    for stage in stages:
+        series = read_metrics(stage)
+        if not series:
+            continue
+        name = "_".join(stage.relative_to(root).parts)
+        path = out_dir / f"{name}.png"
+        _save_panels(series, [k for k in sorted(series) if k != "val_loss" or "loss" not in series], path,
+                     title=str(stage.relative_to(root)))
+        written.append(path)
+    return written
+
+
+def _plot_stage(stage: Path) -> list[Path]:
+    series = read_metrics(stage)
+    out_dir = stage / "plots"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    for name in sorted(series):
+        path = out_dir / f"{name.replace('/', '_')}.png"
+        _save_panels({name: series[name]}, [name], path, overlay_val=False)
+        written.append(path)
+    panels = [k for k in OVERVIEW if k in series]
+    if panels:
+        path = out_dir / "overview.png"
+        _save_panels(series, panels, path)
+        written.append(path)
+    return written
+
+
+def _save_panels(series: Series, panels: list[str], path: Path, *, title: str | None = None,
+                 overlay_val: bool = True, columns: int = 4) -> None:
+    """One figure, a panel per metric in ``panels`` (``val_loss`` drawn over ``loss``), saved to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = read_metrics(run_dir)
-    out_dir = Path(run_dir) / "plots"
-    out_dir.mkdir(exist_ok=True)
-    written = []
-    for name, (steps, values) in sorted(series.items()):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3)
-        ax.set_xlabel("step")
-        ax.set_ylabel(name)
+    cols = min(columns, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, panels):
+        steps, values = series[name]
+        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=name)
+        if overlay_val and name == "loss" and "val_loss" in series:
+            ax.plot(*series["val_loss"], marker="o", markersize=3, label="val_loss")
+            ax.legend()
         ax.set_title(name)
+        ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / f"{name.replace('/', '_')}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    panels = [k for k in ("loss", "lr", "grad_norm", "tokens_per_s") if k in series]
-    if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-        for ax, name in zip(axes[0], panels):
-            ax.plot(*series[name], label=name)
-            if name == "loss" and "val_loss" in series:
-                ax.plot(*series["val_loss"], marker="o", label="val_loss")
-                ax.legend()
-            ax.set_title(name)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / "overview.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    return written
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

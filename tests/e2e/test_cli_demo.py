@@ -9,6 +9,7 @@ verbosity Spearman 0.1-0.4 over several settings), so steering is checked for sh
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,11 @@ def test_tiny_demo_runs_every_steerlm_stage_and_learns(tmp_path):
                             "evaluation"]
     for n in range(7):  # a header per stage
         assert f"=== [{n}/6] " in proc.stdout
+    # one tokenizer load line per run, and no log line glued to a progress bar (issue 12, section 6)
+    assert proc.stderr.count("loaded SentencePieceTokenizer") == 1, proc.stderr[-4000:]
+    logged = [s for s in re.split(r"[\r\n]", re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", proc.stderr))
+              if " INFO megatron_align." in s]
+    assert logged and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \[rank", s) for s in logged), logged
 
     # data and tokenizer
     for name in ("train", "val", "train_reg", "val_reg", "base_train", "base_val", "ac_sft_chats",
@@ -130,6 +136,12 @@ def test_tiny_demo_runs_every_steerlm_stage_and_learns(tmp_path):
     assert "| verbosity |" in proc.stdout
     assert (run / "steering.png").read_bytes()[:4] == b"\x89PNG"
     assert len(_jsonl(run / "samples.jsonl")) == 3 * 5 * 4
+
+    # the run directory plots: one figure per training stage below it (issue 12, section 6)
+    plot = _cli("plot", str(run))
+    assert plot.returncode == 0, plot.stderr[-3000:]
+    assert sorted(Path(p).name for p in plot.stdout.split()) == [
+        "ac_sft.png", "base_model.png", "bootstrap_sft.png", "reward_model.png"]
 
     # the README's steer example, as printed, on the demo's own checkpoint (issue 12, section 6)
     ckpt = stages["ac_sft"]["checkpoint"]

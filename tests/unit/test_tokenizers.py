@@ -348,3 +348,20 @@ def test_errors_are_one_line_and_name_the_file(tmp_path, sp_dir, hf_dir):
     with pytest.raises(TokenizerError, match="unknown tokenizer library") as err:
         detect_library(str(bare))
     assert METADATA_FILE in _one_line(err)
+
+
+def test_load_line_is_logged_once_per_tokenizer(sp_dir, hf_dir, tmp_path, caplog):
+    """Every stage of a run loads its checkpoint's copy of one tokenizer: the load line is said once."""
+    import logging
+
+    from megatron_align.tokenizers import loading
+
+    loading._announced.clear()
+    copy = tmp_path / "stage2_tokenizer"
+    shutil.copytree(sp_dir, copy)
+    with caplog.at_level(logging.INFO, logger="megatron_align.tokenizers.loading"):
+        load_tokenizer_from_dir(sp_dir)
+        load_tokenizer_from_dir(str(copy))
+        load_tokenizer_from_dir(hf_dir)  # another tokenizer: its own line
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(lines) == 2 and "SentencePieceTokenizer" in lines[0] and "HFTokenizer" in lines[1], lines

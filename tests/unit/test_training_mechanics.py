@@ -2,6 +2,10 @@
 
 import json
 import math
+import re
+import subprocess
+import sys
+import textwrap
 from functools import partial
 
 import pytest
@@ -167,3 +171,49 @@ def test_micro_batch_accumulation_equals_one_big_batch(megatron_single):
 
 
 _ = partial  # keep import for readers of the NaN test pattern
+
+
+def test_plot_of_a_directory_of_stages_draws_one_figure_per_stage(tmp_path):
+    """``megatron-align plot runs/steerlm_demo``: every stage below the directory, one figure each; a line
+    cut short by a crash is skipped; a directory without any metrics is a one-line error."""
+    from megatron_align.cli import main as cli_main
+    from megatron_align.training.plot import plot_run
+
+    for stage in ("base_model", "bootstrap/sft"):
+        (tmp_path / stage).mkdir(parents=True)
+        rows = [json.dumps({"step": s, "loss": 3.0 / s, "lr": 1e-3, "val_loss": 2.0 / s}) for s in (1, 2, 3)]
+        (tmp_path / stage / "metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 4, "lo')
+    (tmp_path / "data").mkdir()
+    written = plot_run(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
+        "plots/base_model.png", "plots/bootstrap_sft.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    assert cli_main(["plot", str(tmp_path / "data")]) == 2
+
+
+def test_log_lines_are_not_glued_to_an_open_progress_bar():
+    """While a bar is open (the training bar, the demo's stage bars) a log record starts its own line."""
+    script = textwrap.dedent("""
+        import logging
+        from megatron_align.log import progress_bar, setup_logging
+        setup_logging()
+        log = logging.getLogger("megatron_align.probe")
+        outer = progress_bar(4, "train")
+        outer.update(1)
+        log.info("during the bar")
+        inner = progress_bar(2, "annotate")
+        inner.update(1)
+        log.warning("during two bars")
+        inner.close()
+        log.info("during the outer bar again")
+        outer.close()
+        log.info("after the bars")
+        assert [type(h).__name__ for h in logging.getLogger().handlers] == ["StreamHandler"]
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    segments = re.split(r"[\r\n]", re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", res.stderr))  # cursor moves dropped
+    logged = [s for s in segments if "megatron_align.probe:" in s]
+    assert len(logged) == 4, res.stderr
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \[rank 0\] (INFO|WARNING) ")
+    assert all(stamp.match(s) for s in logged), logged
