@@ -75,6 +75,29 @@ def _clean_env() -> dict:
     return env
 
 
+def run_in_session(cmd: list[str], env_extra: dict | None = None,
+                   timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own session with output to files (a SIGKILLed trainer can leave dist_checkpointing's
+    spawned helper alive holding pipes), then kill whatever is left of its process group."""
+    import signal
+    import tempfile
+
+    env = {**_clean_env(), **(env_extra or {})}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=err, text=True,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, rc, out.read(), err.read())
+
+
 def run_ranks(script: str | Path, args: list[str], nproc: int = 2, launcher: str = "torchrun",
               timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``script`` on ``nproc`` local ranks; returns the completed process (stdout+stderr merged)."""

@@ -14,21 +14,17 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import pickle
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import ROOT, _clean_env
+from tests.helpers import ROOT, run_in_session
 from tests.servers_common import free_port
 
 GEN = ROOT / "examples" / "megatron_gpt_eval.py"
@@ -89,19 +85,7 @@ def _one_line_exit_2(proc, marker: Path, needle: str = "refusing to unpickle bui
 
 
 def _run(cmd, timeout=300):
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, env=_clean_env(), cwd=ROOT, stdout=out, stderr=err, text=True,
-                                start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(proc.args, rc, out.read(), err.read())
+    return run_in_session(cmd, timeout=timeout)
 
 
 def test_control_the_crafted_checkpoint_runs_code_under_megatrons_own_loader(ckpts, tmp_path):

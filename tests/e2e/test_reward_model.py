@@ -11,19 +11,15 @@
 
 import json
 import math
-import os
 import random
 import shlex
-import signal
-import subprocess
 import sys
-import tempfile
 
 import pytest
 import torch
 
 from megatron_align.tokenizers import train_sentencepiece
-from tests.helpers import ROOT, _clean_env
+from tests.helpers import ROOT, run_in_session
 
 RM = ROOT / "examples" / "train_reward_model.py"
 FIXTURE = ROOT / "tests" / "data" / "test-rm.jsonl"
@@ -35,21 +31,7 @@ COMMON = ["exp_manager.create_tensorboard_logger=False", "trainer.precision=32"]
 
 
 def _run(args, env_extra=None, timeout=600):
-    """Run the example in its own session (output to files), then kill whatever is left of its group."""
-    env = {**_clean_env(), **(env_extra or {})}
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, str(RM), *args], env=env, cwd=ROOT, stdout=out,
-                                stderr=err, text=True, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(proc.args, rc, out.read(), err.read())
+    return run_in_session([sys.executable, str(RM), *args], env_extra, timeout)
 
 
 def _metrics(run_dir):

@@ -2,17 +2,13 @@
 SIGKILL exactly, and follows the same loss trajectory at TP=2 and PP=2 as at TP=1."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 
 import pytest
 
 from megatron_align.tokenizers import train_sentencepiece
-from tests.helpers import ROOT, _clean_env, run_ranks
+from tests.helpers import ROOT, run_in_session, run_ranks
 
 SFT = ROOT / "examples" / "train_gpt_sft.py"
 FIXTURE = ROOT / "tests" / "data" / "dummy-sft.jsonl"
@@ -50,23 +46,7 @@ def _args(data, run_dir, *extra):
 
 
 def _run(args, env_extra=None, timeout=900):
-    """Run the example in its own session, output to files (a SIGKILLed trainer can leave dist_checkpointing's
-    spawned helper alive holding pipes), then kill whatever is left of its process group."""
-    env = _clean_env()
-    env.update(env_extra or {})
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, str(SFT), *args], env=env, cwd=ROOT, stdout=out, stderr=err,
-                                text=True, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(proc.args, rc, out.read(), err.read())
+    return run_in_session([sys.executable, str(SFT), *args], env_extra, timeout)
 
 
 def _metrics(run_dir):
