@@ -87,7 +87,11 @@ def choose_tokens(
     if params.greedy:
         return torch.argmax(z, dim=-1)
     if params.temperature != 1.0:
-        z.div_(params.temperature)
+        # softmax(z / T) == softmax((z - max z) / T): shifted first, a tiny T sends the other tokens to -inf
+        # instead of the best one to inf (inf - inf = NaN in softmax); T below fp32's smallest normal (it
+        # would round to 0 in the fp32 division) is that smallest normal, which is argmax already.
+        temperature = max(params.temperature, torch.finfo(z.dtype).tiny)
+        z.sub_(z.amax(dim=-1, keepdim=True)).div_(temperature)
     top_k_(z, params.top_k)
     top_p_(z, params.top_p)
     probs = torch.softmax(z, dim=-1)  # [B, V]

@@ -9,7 +9,7 @@ what megatron-core / torch.distributed.checkpoint would do with each, and what `
   classes only, and every storage item's file, offset and length is checked against the disk.
 - ``common.pt``: megatron calls ``torch.load`` with weights_only left to the environment; here always
   ``weights_only=True``.
-- byte items of ``*.distcp`` (``*._extra_state/shard_*``): torch calls ``torch.load(weights_only=False)``;
+- byte items of ``*.distcp`` (``*._extra_state/shard_*``): torch unpickles them with ``weights_only=False``;
   here ``weights_only=True``, and a uint8 blob that Transformer Engine will unpickle itself is first
   replayed through ``_SafeExtraStateUnpickler``.
 

@@ -320,6 +320,23 @@ def test_top_k_top_p_filters():
     assert keep(top_k_(torch.tensor([[1.0, 2.0, 2.0, 0.0]]), 2)) == [False, True, True, False]
 
 
+@pytest.mark.parametrize("temperature", [5e-324, 1e-40, 1e-30, 1e-4])
+def test_tiny_temperature_is_argmax_not_nan(temperature):
+    """A temperature down to the smallest positive double picks the best token (the server's fuzz found
+    ``temperature=5e-324`` ending in NaN probabilities); a usual one samples softmax(z / T)."""
+    from megatron_align.generation.interface import SamplingParams
+    from megatron_align.generation.sampling import ChoiceRules, choose_tokens
+
+    z = torch.randn(64, 50, generator=torch.Generator().manual_seed(0)) * 5  # [B, V]
+    rules = ChoiceRules(SamplingParams(temperature=temperature, top_k=0, top_p=1.0), None, None)
+    got = choose_tokens(z, rules, torch.zeros(64, dtype=torch.long), None, torch.Generator().manual_seed(1))
+    assert torch.equal(got, z.argmax(-1))
+    warm = ChoiceRules(SamplingParams(temperature=0.7, top_k=0, top_p=1.0), None, None)
+    got = choose_tokens(z, warm, torch.zeros(64, dtype=torch.long), None, torch.Generator().manual_seed(1))
+    ref = torch.multinomial(torch.softmax(z / 0.7, -1), 1, generator=torch.Generator().manual_seed(1))[:, 0]
+    assert torch.equal(got, ref)
+
+
 def test_lean_forward_logits_equal_megatron_forward(models):
     """Prefill of padded rows, then decode steps: the lean stage's logits vs GPTModel.forward's."""
     from megatron_align.generation.layout import attention_mask, make_layout
