@@ -50,7 +50,9 @@ def demo(argv: list[str]) -> int:
         shutdown()
         if _is_rank0():
             seconds = results["wall_seconds"]
-            print(f"\nSteerLM demo: requested vs rule-measured attribute values ({seconds:.0f} s)")
+            precision = results["config"]["precision"]
+            print(f"\nSteerLM demo: requested vs rule-measured attribute values ({seconds:.0f} s, precision "
+                  f"{precision})")
             print(results["table"], end="")
             print(f"run directory   {results['run_dir']}  (results.json, table.md, steering.png)")
         return 0

@@ -57,7 +57,8 @@ class Pipeline:
     def __init__(self, cfg, rank: int):
         self.cfg, self.rank0 = cfg, rank == 0
         self.run_dir = run_dir_of(cfg)
-        self.results: dict = {"config": {"size": cfg.size}, "stages": {}}
+        self.results: dict = {"config": {"size": cfg.size, "precision": str(cfg.trainer.precision)},
+                              "stages": {}}
         self._t = time.perf_counter()
 
     def header(self, n: int, title: str) -> None:
@@ -249,6 +250,7 @@ def run_demo(cfg) -> dict:
     from megatron_align.steerlm.scoring import RewardScorer
 
     t_start = time.perf_counter()
+    cfg = cfg.resolve()  # trainer.precision=auto made concrete (a no-op after load_config)
     m = cfg.model
     env = start(m.tensor_model_parallel_size, m.pipeline_model_parallel_size, seed=m.seed)
     p = Pipeline(cfg, env.rank)

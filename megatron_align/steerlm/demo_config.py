@@ -12,6 +12,7 @@ pipeline in a minute or two, with a model that still learns the easy attributes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -19,6 +20,7 @@ from typing import Optional
 from megatron_align.config import ConfigError, ModelConfig, RunConfig, TrainerConfig, check_batch_sizes
 from megatron_align.config.model import OptimConfig, OptimSchedConfig
 from megatron_align.config.overrides import parse_override
+from megatron_align.config.schema import fast_precision
 
 SIZES: dict[str, tuple[str, ...]] = {
     "full": (),
@@ -37,8 +39,9 @@ SIZES: dict[str, tuple[str, ...]] = {
 class DemoTrainerConfig(TrainerConfig):
     """``trainer.*``: machines and precision of every stage."""
 
-    precision: int | str = "bf16"
-    """``32``, ``bf16`` or ``16`` (bf16: fp32 master weights; on a CPU with AVX-512 BF16 it is the faster)."""
+    precision: int | str = "auto"
+    """``auto`` (bf16 where bf16 matmuls are native: a GPU, a CPU with AVX-512 BF16 or AMX; else 32), ``32``,
+    ``bf16`` or ``16`` (bf16: fp32 master weights)."""
 
 
 def _demo_optim() -> OptimConfig:
@@ -198,6 +201,13 @@ class DemoConfig(RunConfig):
     """SteerLM step 4."""
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     """Steering evaluation."""
+
+    def resolve(self) -> DemoConfig:
+        """``trainer.precision=auto`` made concrete (``fast_precision``) before validation and the stages."""
+        if str(self.trainer.precision).strip().lower() != "auto":
+            return self
+        trainer = dataclasses.replace(self.trainer, precision=fast_precision())
+        return dataclasses.replace(self, trainer=trainer)
 
     def validate(self, world_size: int) -> None:
         from megatron_align.data.steerlm.attributes import STEERLM_ATTRIBUTES

@@ -111,10 +111,10 @@ def generate_http(url: str, prompts: Sequence[str], params, timeout: float = 600
 # in process: a checkpoint
 # ----------------------------------------------------------------------------------------------------------
 def default_precision() -> str:
-    """``bf16`` on a GPU (the seed serves in bf16), ``32`` on CPU (no fast bf16 matmul there)."""
-    import torch
+    """``bf16`` where it is native (a GPU: the seed serves in bf16), else ``32`` (``fast_precision``)."""
+    from megatron_align.config.schema import fast_precision
 
-    return "bf16" if torch.cuda.is_available() else "32"
+    return fast_precision()
 
 
 def start_single(seed: int) -> tuple[int, int]:

@@ -511,3 +511,18 @@ def test_help_shows_the_yaml_defaults_and_stops_before_other_overrides(tmp_path,
     assert "num_nodes: 3" in out and "# Nodes in the job." in out
     with pytest.raises(ConfigError):
         load_config(Cfg, yaml, ["no.such.key=1"])
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expect", [(True, False, "bf16"), (False, True, "bf16"),
+                                                     (False, False, "32")])
+def test_demo_precision_auto_is_bf16_only_where_bf16_is_native(monkeypatch, avx512_bf16, amx, expect):
+    import torch
+
+    from megatron_align.steerlm.demo_config import DemoConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert DemoConfig().trainer.precision == "auto"
+    assert load_config(DemoConfig, None, []).trainer.precision == expect
+    assert load_config(DemoConfig, None, ["trainer.precision=bf16"]).trainer.precision == "bf16"
