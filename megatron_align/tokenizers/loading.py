@@ -47,7 +47,7 @@ def load_tokenizer(library: str, path: str, **special_tokens: str) -> AlignToken
             f"{path}: special token overrides {sorted(special_tokens)} apply only to huggingface"
         )
     tokenizer = LIBRARIES[name](path, **special_tokens)
-    fingerprint = _fingerprint(name, path, special_tokens)
+    fingerprint = _fingerprint(name, tokenizer, special_tokens)
     # Each stage of a run loads its checkpoint's copy of the same tokenizer: say it once per process.
     logger.log(logging.DEBUG if fingerprint in _announced else logging.INFO, "loaded %r", tokenizer)
     _announced.add(fingerprint)
@@ -57,20 +57,15 @@ def load_tokenizer(library: str, path: str, **special_tokens: str) -> AlignToken
 _announced: set[str] = set()
 
 
-def _fingerprint(library: str, path: str, special_tokens: dict) -> str:
-    """A digest of the tokenizer's files (a copy of the same tokenizer elsewhere has the same one); a file
-    over 64 MiB (model weights beside an HF tokenizer) counts by name and size only."""
-    digest = hashlib.sha256(f"{library}\0{sorted(special_tokens.items())}".encode())
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(path, f) for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
-    for file in files:
-        size = os.path.getsize(file)
-        digest.update(f"{os.path.basename(file)}\0{size}\0".encode())
-        if size > 64 << 20:
-            continue
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+def _fingerprint(library: str, tokenizer: AlignTokenizer, special_tokens: dict) -> str:
+    """A digest of the file the tokenizer read (``tokenizer.path``: a copy of the same tokenizer elsewhere,
+    with or without our ``megatron_align_tokenizer.json`` beside it, has the same one) and of the ids its side
+    files set (the repr without the path)."""
+    digest = hashlib.sha256(f"{library}\0{sorted(special_tokens.items())}\0".encode())
+    digest.update(repr(tokenizer).replace(repr(tokenizer.path), "").encode())
+    with open(tokenizer.path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -360,8 +360,10 @@ def test_load_line_is_logged_once_per_tokenizer(sp_dir, hf_dir, tmp_path, caplog
     copy = tmp_path / "stage2_tokenizer"
     shutil.copytree(sp_dir, copy)
     with caplog.at_level(logging.INFO, logger="megatron_align.tokenizers.loading"):
-        load_tokenizer_from_dir(sp_dir)
+        first = load_tokenizer("sentencepiece", os.path.join(sp_dir, "tokenizer.model"))  # by file
         load_tokenizer_from_dir(str(copy))
+        first.save(str(tmp_path / "checkpoint_tokenizer"))  # a checkpoint's copy: + megatron_align_tokenizer.json
+        load_tokenizer_from_dir(str(tmp_path / "checkpoint_tokenizer"))
         load_tokenizer_from_dir(hf_dir)  # another tokenizer: its own line
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(lines) == 2 and "SentencePieceTokenizer" in lines[0] and "HFTokenizer" in lines[1], lines
