@@ -362,7 +362,7 @@ def test_load_line_is_logged_once_per_tokenizer(sp_dir, hf_dir, tmp_path, caplog
     with caplog.at_level(logging.INFO, logger="megatron_align.tokenizers.loading"):
         first = load_tokenizer("sentencepiece", os.path.join(sp_dir, "tokenizer.model"))  # by file
         load_tokenizer_from_dir(str(copy))
-        first.save(str(tmp_path / "checkpoint_tokenizer"))  # a checkpoint's copy: + megatron_align_tokenizer.json
+        first.save(str(tmp_path / "checkpoint_tokenizer"))  # as a checkpoint holds it, with metadata
         load_tokenizer_from_dir(str(tmp_path / "checkpoint_tokenizer"))
         load_tokenizer_from_dir(hf_dir)  # another tokenizer: its own line
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
