@@ -39,7 +39,8 @@ def demo(argv: list[str]) -> int:
 
     def main():
         world = _launch_world_size()
-        cfg = load_config(DemoConfig, None, with_size_preset(argv))
+        cfg = load_config(DemoConfig, None, with_size_preset(argv), help_prog="megatron-align demo",
+                          help_epilog=DEMO_HELP)
         check_launch_matches(cfg, world)
         _setup_logging()
         warnings.filterwarnings("ignore")
@@ -58,6 +59,11 @@ def demo(argv: list[str]) -> int:
         return 0
 
     return run_cli(main)
+
+
+DEMO_HELP = """Presets: size=tiny (the CI-sized run, about a minute); size=full (the default: the README's run).
+Output: exp_manager.explicit_log_dir=DIR (default runs/steerlm_demo): data, tokenizer, each stage's
+checkpoints and metrics, results.json, table.md, steering.png."""
 
 
 def _is_rank0() -> bool:
@@ -84,8 +90,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return steer_main(rest)
     if cmd == "plot":
+        plot_usage = ("usage: megatron-align plot RUN_DIR\n  PNG curves of each stage's metrics.jsonl below "
+                      "RUN_DIR (a stage directory, or a run of several: RUN_DIR/plots/<stage>.png)")
+        if rest in (["-h"], ["--help"]):
+            print(plot_usage)
+            return 0
         if len(rest) != 1:
-            print("usage: megatron-align plot RUN_DIR", file=sys.stderr)
+            print(plot_usage, file=sys.stderr)
             return 2
         from megatron_align.training.plot import plot_run
 
@@ -98,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
         return 0
     if cmd == "version":
+        if rest:
+            print("usage: megatron-align version   (prints the installed version)")
+            return 0 if rest in (["-h"], ["--help"]) else 2
         from importlib.metadata import version
 
         print(version("megatron_align"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -63,18 +64,21 @@ class HelpRequested(Exception):
         self.text = text
 
 
-def help_text(defaults: Any, yaml_path: PathLike | None, epilog: str = "") -> str:
-    """Usage, then every key with its default (after ``yaml_path``) and its one-line documentation."""
+def help_text(defaults: Any, yaml_path: PathLike | None, epilog: str = "", prog: str | None = None) -> str:
+    """Usage, then every key with its default (after ``yaml_path``) and its one-line documentation.
+    ``prog``: the command as the user types it (default: the running script's file name)."""
     from megatron_align.config.docgen import commented_yaml
 
+    prog = prog or os.path.basename(sys.argv[0] or "SCRIPT")
     source = f" (defaults: the schema, then {yaml_path})" if yaml_path is not None else " (their defaults)"
-    return ("usage: [torchrun ...] SCRIPT [key=value ...] [++key=value ...] [~key ...]\n\n"
+    return (f"usage: [torchrun ...] {prog} [key=value ...] [++key=value ...] [~key ...]\n\n"
             f"Keys{source}; set any with key=value, nested keys with dots (model.optim.lr=5e-6):\n\n"
             + commented_yaml(defaults) + (f"\n{epilog.rstrip()}\n" if epilog else ""))
 
 
 def load_config(schema_cls: type[T], yaml_path: PathLike | None = None, overrides: Iterable[str] = (),
-                *, validate: bool = True, world_size: int | None = None, help_epilog: str = "") -> T:
+                *, validate: bool = True, world_size: int | None = None, help_epilog: str = "",
+                help_prog: str | None = None) -> T:
     """Build a ``schema_cls`` instance: its defaults, then ``yaml_path`` (optional), then ``overrides``.
 
     Interpolations (``${model.encoder_seq_length}``) are resolved. With ``validate`` (the default) and a
@@ -88,7 +92,7 @@ def load_config(schema_cls: type[T], yaml_path: PathLike | None = None, override
     if yaml_path is not None:
         merge_yaml_file(tree, yaml_path)
     if any(arg in ("-h", "--help") for arg in overrides):
-        raise HelpRequested(help_text(tree.to_object(), yaml_path, help_epilog))
+        raise HelpRequested(help_text(tree.to_object(), yaml_path, help_epilog, help_prog))
     apply_overrides(tree, overrides)
     cfg = tree.to_object()
     if validate and hasattr(cfg, "trainer") and hasattr(cfg, "model"):

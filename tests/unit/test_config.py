@@ -526,3 +526,21 @@ def test_demo_precision_auto_is_bf16_only_where_bf16_is_native(monkeypatch, avx5
     assert DemoConfig().trainer.precision == "auto"
     assert load_config(DemoConfig, None, []).trainer.precision == expect
     assert load_config(DemoConfig, None, ["trainer.precision=bf16"]).trainer.precision == "bf16"
+
+
+@pytest.mark.parametrize("command", ["demo", "convert", "steer", "plot", "version", ""])
+def test_every_cli_command_answers_help(command, capsys):
+    """Issue 12, section 6: ``megatron-align demo --help`` (and each other sub-command) prints its usage and
+    exits 0; ``demo --help`` lists the demo's keys with their defaults."""
+    from megatron_align.cli import main
+
+    argv = [command, "--help"] if command else ["--help"]
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own --help
+        rc = exc.code
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "usage" in out.out.lower() and "error" not in out.out.lower(), out.out
+    if command == "demo":
+        assert "precision: auto" in out.out and "size=tiny" in out.out and "megatron-align demo" in out.out
