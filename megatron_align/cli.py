@@ -61,7 +61,7 @@ def demo(argv: list[str]) -> int:
     return run_cli(main)
 
 
-DEMO_HELP = """Presets: size=tiny (the CI-sized run, about a minute); size=full (the default: the README's run).
+DEMO_HELP = """Presets: size=tiny (the CI-sized run, about a minute); size=full (default, the README's).
 Output: exp_manager.explicit_log_dir=DIR (default runs/steerlm_demo): data, tokenizer, each stage's
 checkpoints and metrics, results.json, table.md, steering.png."""
 
