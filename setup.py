@@ -39,7 +39,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "transformers>=4.45", "wandb", "pyarrow", "requests", "schemathesis>=4.0",
-                 "hypothesis>=6.100"],
+                 "hypothesis>=6.100", "import-linter>=2.1"],
         "dev": ["ruff==0.17.6"],
         # GPU only: installed inside the NGC image (see Dockerfile); never the PyPI package named "apex".
         "wandb": ["wandb"],

@@ -40,8 +40,8 @@ def main() -> None:
           f"{getattr(cpu, '_is_amx_tile_supported', lambda: False)()}")
     fp32 = median_ms(torch.float32, args.size, args.repeats)
     bf16 = median_ms(torch.bfloat16, args.size, args.repeats)
-    print(f"matmul [{args.size}x{args.size}] median of {args.repeats}: fp32 {fp32:.2f} ms, bf16 {bf16:.2f} ms, "
-          f"bf16/fp32 {bf16 / fp32:.2f}x")
+    print(f"matmul [{args.size}x{args.size}] median of {args.repeats}: fp32 {fp32:.2f} ms, "
+          f"bf16 {bf16:.2f} ms, bf16/fp32 {bf16 / fp32:.2f}x")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "gpt_sft.yaml"
 
 
 def main(argv: list[str]) -> int:
-    from megatron_align.algorithms.sft import SFTConfig, run_sft
+    from megatron_align.algorithms.sft import run_sft
     from megatron_align.config import check_launch_matches, load_config, run_cli
+    from megatron_align.config.stages.sft import SFTConfig
     from megatron_align.distributed.launch import detect_launch_env, shutdown
 
     def inner() -> int:

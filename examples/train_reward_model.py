@@ -16,8 +16,9 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "training_rm.yaml"
 
 
 def main(argv: list[str]) -> int:
-    from megatron_align.algorithms.reward_model import RMConfig, run_reward_model
+    from megatron_align.algorithms.reward_model import run_reward_model
     from megatron_align.config import check_launch_matches, load_config, run_cli
+    from megatron_align.config.stages.reward_model import RMConfig
     from megatron_align.distributed.launch import detect_launch_env, shutdown
 
     def inner() -> int:

@@ -1,310 +1,291 @@
-"""Reward-model training (``examples/train_reward_model.py``): SteerLM's multi-attribute regression reward
-model, HelpSteer2-Preference's Bradley-Terry stage on top of it (seed 001), and the binary Bradley-Terry
-reward model of seed 004 - NeMo-Aligner's ``train_reward_model.py`` keys and meanings.
+"""The reward-model training loop (schema and meanings: ``config/stages/reward_model.py``; losses:
+``losses/reward.py``).
 
-* ``model.reward_model_type=regression``: rows ``{text, label}``; ``model.regression.loss_func`` is
-  ``regression`` (masked MSE) or a pair loss ``regular_bt`` / ``margin_bt`` / ``scaled_bt`` on consecutive
-  rows (``reward_losses.py``). A pair loss needs ``trainer.rm.train_random_sampler=False`` in NeMo-Aligner,
-  whose sampler would split pairs; here pairs are the unit the sampler moves, so they stay whole either way.
-* ``model.reward_model_type=binary_ranking``: chosen/rejected pairs, ``-log sigmoid(r_c - r_r)``.
-* ``pretrained_checkpoint.restore_from_path`` decides the architecture and the starting weights; the head
-  is re-initialised unless ``model.regression.load_rm_head_weights=True``.
+Restore the trunk (and with ``load_rm_head_weights`` the head) from
+``pretrained_checkpoint.restore_from_path`` or resume the newest complete checkpoint of this run; then for
+each step take the global batch at ``consumed_samples`` from the resumable sampler, one guarded optimizer
+step, log, validate every ``trainer.rm.val_check_interval`` steps on ``trainer.rm.limit_val_batches``
+batches, save every ``trainer.rm.save_interval`` steps and at the end. The final checkpoint is also linked as
+``checkpoints/<exp_manager.name>.nemo`` (``megatron_gpt.nemo`` by default), the path NeMo-Aligner's
+HelpSteer2-Preference recipe restores stage 2 from.
 
-Batch sizes count what NeMo-Aligner counts: rows for ``regression`` (a pair loss takes the rows ``2i, 2i+1``
-of each micro-batch as pair ``i``, so ``micro_batch_size`` must be even), pairs for ``binary_ranking`` (a
-micro-batch of ``m`` pairs runs ``2m`` sequences). The loss is one mean over the global batch - per valid
-label cell (regression) or per pair - however it is split into micro-batches and data-parallel ranks
-(NeMo-Aligner averages per-micro-batch means instead; equal when every micro-batch has as many cells).
-The loop (``reward_model_loop.py``) mirrors SFT's: restore or resume, guarded steps, validation, top-k
-checkpoints, metrics.
+Metrics (``metrics.jsonl``): ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``samples_per_s`` (training
+steps only); regression adds the batch's ``mae_<attribute>``; pair losses add ``accuracy`` (ties excluded) and
+the chosen / rejected / all reward means and the std of all rewards; validation adds ``val_loss`` and, for
+regression, ``val_mae_<attribute>`` per attribute (over non-missing cells), for pairs ``val_accuracy``.
+A global batch whose label cells are all missing has nothing to learn: its update is skipped, not counted as
+non-finite, and logged as ``empty_batch``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import logging
+import os
+import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional, Union
+from types import SimpleNamespace
 
-from megatron_align.algorithms.reward_losses import BT_LOSS_FUNCS, LOSS_FUNCS
-from megatron_align.config import ConfigError, ModelConfig, RunConfig, TrainerConfig
-from megatron_align.config.data import ON_BAD_RECORD
-from megatron_align.config.model import OptimConfig, OptimSchedConfig
+import numpy as np
+import torch
 
-REWARD_MODEL_TYPES = ("binary_ranking", "regression")
-"""Values of ``model.reward_model_type``."""
-STEERLM_ATTRIBUTES = ("quality", "toxicity", "humor", "creativity", "helpfulness", "correctness", "coherence",
-                      "complexity", "verbosity")
-"""The label columns of NeMo-Aligner's ``process_to_regression_format.py`` (metric names when A = 9)."""
+from megatron_align.config import ConfigError
+from megatron_align.config.schema import run_dir_of
+from megatron_align.config.stages.reward_model import RMConfig, merge_architecture, split_files
+from megatron_align.data.steerlm.attributes import STEERLM_ATTRIBUTES
+from megatron_align.distributed.launch import compute_device
+from megatron_align.losses.reward import (
+    PAIR_METRICS,
+    pair_loss_func,
+    regression_loss_func,
+    regression_metric_size,
+)
 
-
-@dataclass
-class RMSection:
-    """``trainer.rm.*``"""
-
-    max_epochs: int = 1
-    """Passes over the training data; the run stops at whichever of max_epochs / max_steps comes first."""
-    max_steps: int = -1
-    """Optimizer steps; -1 means as many as ``max_epochs`` take."""
-    val_check_interval: int = 100
-    """Validate every this many steps (and at the end)."""
-    save_interval: int = 100
-    """Save a checkpoint every this many steps (and at the end)."""
-    train_random_sampler: bool = True
-    """Visit the training items in a seeded random order (a new one per epoch); False: file order. With a
-    pair loss the unit is the pair, so its two rows stay adjacent either way."""
-    val_random_sampler: bool = False
-    """Validate on a seeded random selection of validation items instead of the first ones."""
-    limit_val_batches: Union[int, float] = 1.0
-    """Validation global batches per validation: an int counts batches, a float in (0, 1] is a fraction."""
-    gradient_clip_val: float = 1.0
-    """Clip the global gradient norm to this (0 disables)."""
-    max_consecutive_nonfinite: int = 10
-    """Stop after this many steps in a row whose loss or gradients were NaN/Inf (each is skipped)."""
+logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RMTrainerConfig(TrainerConfig):
-    """``trainer.*`` for reward-model training."""
-
-    rm: RMSection = field(default_factory=RMSection)
-    """Step, validation and checkpoint cadence."""
-
-
-@dataclass
-class RegressionSection:
-    """``model.regression.*``: the reward head and the loss."""
-
-    num_attributes: int = 1
-    """Outputs of the reward head: 9 for SteerLM / HelpSteer2 (quality ... verbosity), 1 for a scalar RM."""
-    merge_attributes: bool = False
-    """Serving only (NeMo-Aligner merges the attributes into one scalar for PPO); must be False to train."""
-    attribute_weights: Optional[list] = None
-    """Serving only: weights of ``merge_attributes``; ignored in training."""
-    loss_mask_val: float = -100.0
-    """A label cell with this value is missing: it contributes nothing to the regression loss."""
-    loss_func: str = "regression"
-    """``regression`` (masked MSE), or on consecutive row pairs ``regular_bt`` (-log s(d)), ``margin_bt``
-    (-log s(d - m)) or ``scaled_bt`` (-m log s(d)), with the pair's preference in label column 0."""
-    load_rm_head_weights: bool = False
-    """True: start the head from the restored checkpoint's head (a reward-model checkpoint with as many
-    attributes); False: the restored trunk with a freshly initialised head."""
-    score_attribute: int = 4
-    """Pair losses: the head output that scores a response. NeMo-Aligner hard-codes 4 (helpfulness, the
-    attribute stage 1 of HelpSteer2-Preference trains); not a NeMo key."""
+def rm_forward_step(loss_fn, data_iterator, model):
+    """megatron forward_step_func: rewards ``[B, A]`` at each row's last real token, then ``loss_fn``."""
+    batch = {k: v.to(compute_device()) for k, v in next(data_iterator).items()}
+    output = model(batch["tokens"], batch["position_ids"], None, lengths=batch["lengths"])
+    return output, partial(loss_fn, batch)
 
 
-@dataclass
-class RMDataConfig:
-    """``model.data.*`` of reward-model training (NeMo-Aligner's ``training_rm.yaml`` keys)."""
+class Objective:
+    """Which loss a run trains and how its metric sums read (``losses.reward``)."""
 
-    data_impl: str = "jsonl"
-    """``jsonl`` (``json`` is accepted as the same thing); files are read lazily through a line index."""
-    data_prefix: Optional[dict] = None
-    """``{train: [file], validation: [file], test: [file]}``; a split may also be ``[w1, file1, w2, file2]``
-    (blend weights). Extra ``validation*`` keys are further validation sets; ``test`` is not used."""
-    splits_string: Optional[str] = None
-    """NeMo's train/valid/test split of one file: not supported, give the splits in ``data_prefix``."""
-    seq_length: Optional[int] = None
-    """Longest row in tokens; longer ones are replaced by the next record. None:
-    ``model.encoder_seq_length``."""
-    skip_warmup: bool = True
-    """Accepted for NeMo command lines (mmap datasets only)."""
-    num_workers: int = 0
-    """Accepted for NeMo command lines; data is read in the training process."""
-    reset_position_ids: bool = False
-    """NeMo's per-document position reset: not supported, must stay False."""
-    reset_attention_mask: bool = False
-    """NeMo's per-document attention reset: not supported, must stay False."""
-    eod_mask_loss: bool = False
-    """NeMo's end-of-document loss masking: not used by reward losses, must stay False."""
-    index_mapping_dir: Optional[str] = None
-    """Where the line-offset index of each JSONL file is cached; None: next to the file."""
-    append_eod: bool = False
-    """Append the eos token to every text (NeMo-Aligner's ``model.data.append_eod``)."""
-    validation_drop_last: bool = True
-    """Accepted for NeMo command lines; validation uses whole global batches."""
-    on_bad_record: str = "error"
-    """A malformed line: ``error`` stops with ``file:line: field: what is wrong``; ``skip`` counts it and uses
-    the next record."""
+    def __init__(self, cfg: RMConfig):
+        m, reg = cfg.model, cfg.model.regression
+        self.regression = m.reward_model_type == "regression" and reg.loss_func == "regression"
+        self.pairs = not self.regression
+        self.rows_per_item = 2 if (self.pairs and m.reward_model_type == "regression") else 1
+        self.loss_func = reg.loss_func if m.reward_model_type == "regression" else "regular_bt"
+        self.score_attribute = reg.score_attribute if m.reward_model_type == "regression" else 0
+        self.mask_val, self.num_attributes = reg.loss_mask_val, reg.num_attributes
+        self.metric_size = (regression_metric_size(reg.num_attributes) if self.regression
+                            else len(PAIR_METRICS))
 
+    def loss(self, batch: dict, output: torch.Tensor):
+        if self.regression:
+            return regression_loss_func(batch["labels"], self.mask_val, output)
+        return pair_loss_func(batch["preference"], self.loss_func, self.score_attribute, output)
 
-@dataclass
-class PretrainedCheckpoint:
-    """``pretrained_checkpoint.*``"""
+    def reduce(self, sums: dict) -> np.ndarray:
+        """All-reduce this rank's ``rm`` sums (zeros on non-last pipeline stages); every rank calls it."""
+        local = sums.get("rm")
+        vec = torch.zeros(self.metric_size, dtype=torch.float64) if local is None else local.double()
+        vec = vec.to(compute_device())
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(vec)
+        return vec.cpu().numpy()
 
-    restore_from_path: Optional[str] = None
-    """The megatron_align checkpoint to start from (an SFT / converted model, or a reward model); it decides
-    the architecture and the tokenizer."""
-
-
-def _rm_optim() -> OptimConfig:
-    # NeMo-Aligner's training_rm.yaml defaults.
-    return OptimConfig(lr=9e-6, weight_decay=0.1, sched=OptimSchedConfig(warmup_steps=10, constant_steps=1000,
-                                                                         min_lr=9e-7))
-
-
-@dataclass
-class RMModelConfig(ModelConfig):
-    """``model.*`` for reward-model training (``model.num_attributes`` follows
-    ``model.regression.num_attributes``)."""
-
-    reward_model_type: str = "binary_ranking"
-    """``binary_ranking`` (chosen/rejected pairs) or ``regression`` (``{text, label}`` rows)."""
-    regression: RegressionSection = field(default_factory=RegressionSection)
-    """Reward head and loss."""
-    micro_batch_size: int = 2
-    """Rows (regression) or pairs (binary_ranking) per forward pass on one data-parallel rank."""
-    global_batch_size: int = 64
-    """Rows (regression) or pairs (binary_ranking) per optimizer step over all data-parallel ranks."""
-    optim: OptimConfig = field(default_factory=_rm_optim)
-    """Optimizer and schedule."""
-    data: RMDataConfig = field(default_factory=RMDataConfig)
-    """Files and record rules."""
+    def metrics(self, vec: np.ndarray, prefix: str = "") -> dict:
+        """Readable metrics from reduced sums (ratios only: tensor-parallel ranks count alike)."""
+        out = {}
+        if self.regression:
+            a = self.num_attributes
+            names = STEERLM_ATTRIBUTES if a == len(STEERLM_ATTRIBUTES) else [f"attr{i}" for i in range(a)]
+            for name, err, n in zip(names, vec[:a], vec[a:]):
+                if n > 0:
+                    out[f"{prefix}mae_{name}"] = float(err / n)
+            return out
+        v = dict(zip(PAIR_METRICS, vec))
+        if v["decided"] > 0:
+            out[f"{prefix}accuracy"] = float(v["correct"] / v["decided"])
+        if v["pairs"] > 0:
+            n = 2 * v["pairs"]
+            mean = (v["chosen_sum"] + v["rejected_sum"]) / n
+            var = max(0.0, (v["chosen_sq_sum"] + v["rejected_sq_sum"]) / n - mean * mean)
+            out[f"{prefix}rewards_chosen_mean"] = float(v["chosen_sum"] / v["pairs"])
+            out[f"{prefix}rewards_rejected_mean"] = float(v["rejected_sum"] / v["pairs"])
+            out[f"{prefix}rewards_all_mean"] = float(mean)
+            out[f"{prefix}rewards_all_std"] = float(np.sqrt(var))  # population std of all scores
+        return out
 
 
-@dataclass
-class RMConfig(RunConfig):
-    """Top-level schema of ``examples/train_reward_model.py`` (``conf/training_rm.yaml``)."""
+def build_rm_datasets(cfg: RMConfig, tokenizer, seq_length: int, objective: Objective):
+    """``(train, {validation name: dataset})`` from ``model.data.data_prefix``."""
+    from megatron_align.data.reward import ComparisonFile, RegressionFile, RMDataset, RMRules
 
-    name: str = "megatron_gpt"
-    trainer: RMTrainerConfig = field(default_factory=RMTrainerConfig)
-    model: RMModelConfig = field(default_factory=RMModelConfig)
-    pretrained_checkpoint: PretrainedCheckpoint = field(default_factory=PretrainedCheckpoint)
-    """The starting model."""
+    m, data = cfg.model, cfg.model.data
+    rules = RMRules(seq_length=seq_length, num_attributes=objective.num_attributes,
+                    mask_val=objective.mask_val, append_eod=data.append_eod, on_bad_record=data.on_bad_record,
+                    pairs=objective.pairs and m.reward_model_type == "regression")
+    cls = RegressionFile if m.reward_model_type == "regression" else ComparisonFile
 
-    def restore_path(self) -> Optional[str]:
-        """``pretrained_checkpoint.restore_from_path`` (``model.restore_from_path`` is accepted too)."""
-        a, b = self.pretrained_checkpoint.restore_from_path, self.model.restore_from_path
-        if a and b and a != b:
-            raise ConfigError(f"pretrained_checkpoint.restore_from_path={a} and model.restore_from_path={b} "
-                              "disagree: set only pretrained_checkpoint.restore_from_path",
-                              key="pretrained_checkpoint.restore_from_path")
-        return a or b
+    def build(files, weights):
+        return RMDataset([cls(p, tokenizer, rules, index_dir=data.index_mapping_dir) for p in files], weights,
+                         seed=m.seed)
 
-    def resolve(self) -> RMConfig:
-        """The architecture from the restored checkpoint, ``num_attributes`` from ``model.regression``."""
-        m = self.model
-        if m.num_attributes not in (1, m.regression.num_attributes):
-            raise ConfigError(f"model.num_attributes={m.num_attributes}: the head size is "
-                              "model.regression.num_attributes (NeMo-Aligner's key); set that instead",
-                              key="model.num_attributes")
-        path = self.restore_path()
-        if path:
-            from megatron_align.models.checkpoint import read_model_config
-
-            if not (Path(path) / "model_config.yaml").is_file():
-                raise ConfigError(f"pretrained_checkpoint.restore_from_path={path}: not a megatron_align "
-                                  "checkpoint (no model_config.yaml); convert HF weights with "
-                                  "`megatron-align convert --from-hf`",
-                                  key="pretrained_checkpoint.restore_from_path")
-            m = merge_architecture(m, read_model_config(path))
-        m = dataclasses.replace(m, num_attributes=m.regression.num_attributes)
-        return dataclasses.replace(self, model=m)
-
-    def validate(self, world_size: int) -> None:
-        from megatron_align.config import check_batch_sizes
-
-        m, reg, data = self.model, self.model.regression, self.model.data
-        _one_of("model.reward_model_type", m.reward_model_type, REWARD_MODEL_TYPES)
-        _one_of("model.regression.loss_func", reg.loss_func, LOSS_FUNCS)
-        if reg.num_attributes < 1:
-            raise ConfigError(f"model.regression.num_attributes={reg.num_attributes} must be at least 1",
-                              key="model.regression.num_attributes")
-        if reg.merge_attributes:
-            raise ConfigError("model.regression.merge_attributes=True only applies when serving a reward "
-                              "model; train with False", key="model.regression.merge_attributes")
-        if m.reward_model_type == "binary_ranking":
-            if reg.loss_func not in ("regression", "regular_bt"):
-                raise ConfigError(f"model.regression.loss_func={reg.loss_func} needs preference strengths, "
-                                  "which binary_ranking pairs do not have: use model.reward_model_type="
-                                  "regression with -pref rows", key="model.regression.loss_func")
-            if reg.num_attributes != 1:
-                raise ConfigError(f"model.reward_model_type=binary_ranking scores with one output, but "
-                                  f"model.regression.num_attributes={reg.num_attributes}: set it to 1",
-                                  key="model.regression.num_attributes")
-        elif reg.loss_func in BT_LOSS_FUNCS:
-            if not 0 <= reg.score_attribute < reg.num_attributes:
-                raise ConfigError(f"model.regression.loss_func={reg.loss_func} scores pairs with head output "
-                                  f"model.regression.score_attribute={reg.score_attribute} (NeMo-Aligner: 4, "
-                                  f"helpfulness), but the head has {reg.num_attributes}",
-                                  key="model.regression.score_attribute")
-            if m.micro_batch_size % 2:
-                raise ConfigError(f"model.micro_batch_size={m.micro_batch_size} is odd, but "
-                                  f"model.regression.loss_func={reg.loss_func} reads rows (2i, 2i+1) of a "
-                                  "micro-batch as one pair: use an even micro batch size (NeMo-Aligner: 2)",
-                                  key="model.micro_batch_size")
-        tp, pp = m.tensor_model_parallel_size, m.pipeline_model_parallel_size
-        check_batch_sizes(m.global_batch_size, m.micro_batch_size, world_size // (tp * pp), prefix="model")
-        _one_of("model.data.data_impl", data.data_impl, ("jsonl", "json"))
-        _one_of("model.data.on_bad_record", data.on_bad_record, ON_BAD_RECORD)
-        for key in ("reset_position_ids", "reset_attention_mask", "eod_mask_loss"):
-            if getattr(data, key):
-                raise ConfigError(f"model.data.{key}=True is not supported for reward models",
-                                  key=f"model.data.{key}")
-        if data.splits_string is not None:
-            raise ConfigError("model.data.splits_string is not supported: give the splits as "
-                              "model.data.data_prefix={train: [...], validation: [...], test: [...]}",
-                              key="model.data.splits_string")
-        split_files(data.data_prefix)
-        seq = data.seq_length or m.encoder_seq_length
-        if seq < 1:
-            raise ConfigError(f"model.data.seq_length={seq} must be at least 1", key="model.data.seq_length")
-        if m.position_embedding_type == "learned_absolute" and seq > m.max_position_embeddings:
-            raise ConfigError(f"model.data.seq_length={seq} is longer than model.max_position_embeddings="
-                              f"{m.max_position_embeddings}", key="model.data.seq_length")
+    splits = split_files(data.data_prefix)
+    train = build(*splits.pop("train"))
+    return train, {name: build(*spec) for name, spec in sorted(splits.items())}
 
 
-def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not one of {'|'.join(allowed)}", key=key)
+class _Shuffled:
+    """A seeded random order of a validation dataset (``trainer.rm.val_random_sampler``)."""
+
+    def __init__(self, ds, seed: int):
+        self.ds, self.order = ds, np.random.default_rng([seed, 0xA1]).permutation(len(ds))
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        return self.ds[int(self.order[i])]
 
 
-def merge_architecture(requested: RMModelConfig, restored: ModelConfig) -> RMModelConfig:
-    """The restored checkpoint decides the architecture (SFT's rule); the head keeps the requested size."""
-    from megatron_align.algorithms.sft import _merge_architecture
-
-    return dataclasses.replace(_merge_architecture(requested, restored),
-                               num_attributes=requested.regression.num_attributes)
-
-
-def _split_entry(value: Any, key: str) -> tuple[list[str], Optional[list[float]]]:
-    if isinstance(value, str):
-        return [value], None
-    if isinstance(value, (list, tuple)) and value:
-        if all(isinstance(v, str) for v in value):
-            if len(value) == 1:
-                return [value[0]], None
-            raise ConfigError(f"{key} lists {len(value)} files without weights: write "
-                              f"[w1, file1, w2, file2, ...] (NeMo's blend syntax)", key=key)
-        weights, paths = list(value[0::2]), list(value[1::2])
-        if (len(value) % 2 == 0 and all(isinstance(p, str) for p in paths)
-                and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
-                and sum(weights) > 0):
-            return paths, [float(w) for w in weights]
-    raise ConfigError(f"{key}={value!r} must be a file, [file], or [w1, file1, w2, file2, ...]", key=key)
-
-
-def split_files(data_prefix: Optional[dict]) -> dict[str, tuple[list[str], Optional[list[float]]]]:
-    """``model.data.data_prefix`` -> ``{split: (files, weights)}`` for ``train`` and every ``validation*``."""
-    key = "model.data.data_prefix"
-    if not isinstance(data_prefix, dict) or not data_prefix.get("train"):
-        raise ConfigError(f"{key} must give the training file: {key}={{train: [train.jsonl], validation: "
-                          "[val.jsonl], test: [val.jsonl]}", key=key)
-    out = {}
-    for split, value in data_prefix.items():
-        if split == "test":
-            continue
-        if split != "train" and not str(split).startswith("validation"):
-            raise ConfigError(f"{key}.{split}: unknown split; use train, validation (and validation*), test",
-                              key=key)
-        if value is not None:
-            out[str(split)] = _split_entry(value, f"{key}.{split}")
-    return out
+def _link_final(ckpt_dir: Path, target: Path, name: str) -> None:
+    """``<ckpt_dir>/<name>.nemo`` -> the final checkpoint (relative symlink, replaced atomically)."""
+    link = ckpt_dir / f"{name}.nemo"
+    tmp = ckpt_dir / f".{name}.nemo.tmp{os.getpid()}"
+    try:
+        if tmp.is_symlink():
+            tmp.unlink()
+        os.symlink(target.name, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError as e:
+        logger.warning("could not link %s -> %s (%s)", link, target.name, e)
 
 
 def run_reward_model(cfg: RMConfig) -> dict:
-    """Train; returns a summary (losses, validation metrics, checkpoint paths). See ``reward_model_loop``."""
-    from megatron_align.algorithms.reward_model_loop import run_rm
+    """Train a reward model; returns a summary (losses, validation metrics, checkpoint paths)."""
+    from megatron.core import parallel_state as ps
 
-    return run_rm(cfg)
+    from megatron_align.data.reward import collate_rm
+    from megatron_align.distributed import start
+    from megatron_align.models.checkpoint import read_model_config
+    from megatron_align.models.reward import build_reward_model, load_reward_weights
+    from megatron_align.tokenizers import load_tokenizer, load_tokenizer_from_dir
+    from megatron_align.training.checkpointing import CheckpointManager
+    from megatron_align.training.lr import apply_lr, lr_at
+    from megatron_align.training.metrics import MetricsWriter
+    from megatron_align.training.run import kill_hook, validation_microbatches
+    from megatron_align.training.sampler import GlobalBatchSampler, total_steps
+    from megatron_align.training.setup import prepare_for_training
+    from megatron_align.training.step import NonFiniteError, evaluate, train_step
+
+    m, rm, em = cfg.model, cfg.trainer.rm, cfg.exp_manager
+    env = start(m.tensor_model_parallel_size, m.pipeline_model_parallel_size, seed=m.seed)
+    run_dir = run_dir_of(cfg)
+    rank0 = env.rank == 0
+    restore = cfg.restore_path()
+
+    # --- model config and tokenizer: from the restored checkpoint when there is one ---
+    if restore:
+        model_cfg = merge_architecture(m, read_model_config(restore))
+        tokenizer_dir = Path(restore) / "tokenizer"
+        tokenizer = load_tokenizer_from_dir(str(tokenizer_dir))
+    else:
+        if not m.tokenizer.model:
+            raise ConfigError("model.tokenizer.model is not set (and no "
+                              "pretrained_checkpoint.restore_from_path to take it from)",
+                              key="model.tokenizer.model")
+        tokenizer = load_tokenizer(m.tokenizer.library, m.tokenizer.model)
+        model_cfg = dataclasses.replace(m, vocab_size=m.vocab_size or tokenizer.vocab_size,
+                                        num_attributes=m.regression.num_attributes)
+        if rank0:
+            tokenizer.save(str(run_dir / "tokenizer"))
+        torch.distributed.barrier()
+        tokenizer_dir = run_dir / "tokenizer"
+    seq_len = m.data.seq_length or model_cfg.encoder_seq_length
+    pp = m.pipeline_model_parallel_size
+    pad_len = seq_len if pp > 1 else None  # pipeline stages exchange fixed [S, B, H] shapes
+
+    # --- data: items are rows (regression) or pairs; batch sizes count rows (regression) or pairs ---
+    obj = Objective(cfg)
+    train_ds, val_sets = build_rm_datasets(cfg, tokenizer, seq_len, obj)
+    gbs, mbs = m.global_batch_size // obj.rows_per_item, m.micro_batch_size // obj.rows_per_item
+    rows_per_mb = m.micro_batch_size * (2 if m.reward_model_type == "binary_ranking" else 1)
+    dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+    sampler = GlobalBatchSampler(len(train_ds), gbs, mbs, dp_rank, dp, seed=m.seed,
+                                 shuffle=rm.train_random_sampler)
+    max_steps = total_steps(len(train_ds), gbs, rm.max_epochs, rm.max_steps)
+
+    # --- model, optimizer, restore or resume ---
+    model = build_reward_model(model_cfg, precision=cfg.trainer.precision)
+    ddp, optimizer = prepare_for_training(model, m.optim, cfg.trainer.precision,
+                                          clip_grad=rm.gradient_clip_val)
+    params = em.checkpoint_callback_params
+    ckpts = CheckpointManager(run_dir, save_top_k=params.save_top_k, monitor=params.monitor, mode=params.mode)
+    state = ckpts.resume(model, optimizer) if em.resume_if_exists else None
+    if state is None and restore:
+        load_reward_weights(restore, model, load_head=m.regression.load_rm_head_weights)
+        optimizer.reload_model_params()  # fp32 master weights from the restored weights
+    state = state or {"step": 0, "consumed_samples": 0, "nonfinite_steps": 0}
+    step, consumed = int(state["step"]), int(state["consumed_samples"])  # consumed: rows / pairs, as NeMo
+
+    metrics = MetricsWriter(run_dir, enabled=rank0, total_steps=max_steps, start_step=step, desc="rm",
+                            tensorboard=em.create_tensorboard_logger, wandb=em.create_wandb_logger,
+                            wandb_kwargs=dict(em.wandb_logger_kwargs), config={"max_steps": max_steps})
+    vcfg = SimpleNamespace(global_batch_size=gbs, micro_batch_size=mbs)
+    val_batches = {}
+    for name, ds in val_sets.items():
+        ds = _Shuffled(ds, m.seed) if rm.val_random_sampler else ds
+        val_batches[name] = validation_microbatches(ds, rm.limit_val_batches, vcfg, dp_rank, dp,
+                                                    tokenizer.pad_id, pad_len, collate_rm)
+    fwd = partial(rm_forward_step, obj.loss)
+
+    def validate(row: dict) -> None:
+        for name, batches in val_batches.items():
+            prefix = "val_" if name == "validation" else f"{name}_"
+            loss, sums = evaluate(ddp, batches, seq_len, rows_per_mb, forward_step_func=fwd)
+            row[f"{prefix}loss"] = loss
+            row.update(obj.metrics(obj.reduce(sums), prefix))
+
+    summary: dict = {"run_dir": str(run_dir), "resumed_from_step": step, "losses": {}, "val": {}}
+    consecutive_bad = int(state.get("consecutive_nonfinite", 0))
+    train_time, tokens_seen, rows_seen = 0.0, 0.0, 0  # throughput counts training steps only
+    try:
+        while step < max_steps:
+            t0 = time.perf_counter()
+            lr = lr_at(step, m.optim, max_steps)
+            apply_lr(optimizer, lr)
+            microbatches = [collate_rm([train_ds[i] for i in ix], tokenizer.pad_id, pad_len)
+                            for ix in sampler.microbatches(consumed // obj.rows_per_item)]
+            res = train_step(ddp, optimizer, microbatches, seq_len, rows_per_mb, forward_step_func=fwd)
+            vec = obj.reduce(res.sums)
+            step += 1
+            consumed += m.global_batch_size
+            tokens = torch.tensor([float(sum(int(b["lengths"].sum()) for b in microbatches))],
+                                  device=compute_device())
+            torch.distributed.all_reduce(tokens, group=ps.get_data_parallel_group())
+            tokens_seen += float(tokens)
+            rows_seen += rows_per_mb * len(microbatches) * dp
+            train_time += time.perf_counter() - t0
+            empty = res.num_tokens == 0  # every label cell of the global batch missing: nothing to learn
+            bad = res.skipped and not empty
+            consecutive_bad = consecutive_bad + 1 if bad else 0
+            state["nonfinite_steps"] = int(state.get("nonfinite_steps", 0)) + int(bad)
+            if consecutive_bad >= rm.max_consecutive_nonfinite:
+                raise NonFiniteError(
+                    f"{consecutive_bad} steps in a row had NaN/Inf loss or gradients (last at step {step}): "
+                    "lower model.optim.lr, check the data, or raise trainer.rm.max_consecutive_nonfinite")
+            loss = 0.0 if empty else res.loss
+            row = {"loss": loss, "lr": lr, "grad_norm": res.grad_norm, "skipped": int(bad),
+                   "empty_batch": int(empty), "consumed_samples": consumed,
+                   "tokens_per_s": tokens_seen / train_time, "samples_per_s": rows_seen / train_time,
+                   **obj.metrics(vec)}
+            summary["losses"][step] = loss
+            if val_batches and (step % rm.val_check_interval == 0 or step == max_steps):
+                validate(row)
+                summary["val"][step] = {k: v for k, v in row.items() if k.startswith("val")}
+            metrics.log(step, row)
+            metrics.progress(step, loss=loss, lr=lr, tok_s=row["tokens_per_s"])
+            if step % rm.save_interval == 0 or step == max_steps:
+                train_state = {"step": step, "consumed_samples": consumed,
+                               "epoch": consumed // (len(train_ds) * obj.rows_per_item),
+                               "nonfinite_steps": state["nonfinite_steps"],
+                               "consecutive_nonfinite": consecutive_bad}
+                path = ckpts.save(step, model, model_cfg, tokenizer_dir, optimizer, train_state,
+                                  {"val_loss": row.get("val_loss"), "loss": loss})
+                summary["last_checkpoint"] = str(path)
+                kill_hook(step)
+    finally:
+        metrics.close()
+    if rank0 and summary.get("last_checkpoint") and params.save_nemo_on_train_end:
+        _link_final(ckpts.dir, Path(summary["last_checkpoint"]), em.name or cfg.name)
+    summary["steps"] = step
+    summary["data_report"] = train_ds.report(logger)
+    return summary

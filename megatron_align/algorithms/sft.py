@@ -15,116 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import os
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
-from megatron_align.config import ConfigError, ModelConfig, RunConfig, TrainerConfig
-from megatron_align.config.data import DataConfig
+from megatron_align.config import ConfigError, ModelConfig
+from megatron_align.config.restore import check_context, merge_architecture
+from megatron_align.config.schema import run_dir_of
+from megatron_align.config.stages.sft import SFTConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SFTSection:
-    """``trainer.sft.*``"""
-
-    max_epochs: int = 1
-    """Passes over the training data; the run stops at whichever of max_epochs / max_steps comes first."""
-    max_steps: int = -1
-    """Optimizer steps; -1 means as many as ``max_epochs`` take."""
-    val_check_interval: int = 100
-    """Validate every this many steps (and at the end)."""
-    save_interval: int = 100
-    """Save a checkpoint every this many steps (and at the end)."""
-    limit_val_batches: Union[int, float] = 1.0
-    """Validation global batches per validation: an int counts batches, a float in (0, 1] is a fraction."""
-    gradient_clip_val: float = 1.0
-    """Clip the global gradient norm to this (0 disables)."""
-    max_consecutive_nonfinite: int = 10
-    """Stop after this many steps in a row whose loss or gradients were NaN/Inf (each is skipped)."""
-
-
-@dataclass
-class SFTTrainerConfig(TrainerConfig):
-    """``trainer.*`` for SFT."""
-
-    sft: SFTSection = field(default_factory=SFTSection)
-    """Step, validation and checkpoint cadence."""
-
-
-@dataclass
-class SFTModelConfig(ModelConfig):
-    """``model.*`` for SFT."""
-
-    answer_only_loss: bool = True
-    """Train only on assistant turns (and the end of turn after them)."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """``model.data.*``: files, chat template, batch sizes."""
-
-
-@dataclass
-class SFTConfig(RunConfig):
-    """Top-level schema of ``examples/train_gpt_sft.py`` (``conf/gpt_sft.yaml``)."""
-
-    name: str = "megatron_gpt_sft"
-    trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
-    model: SFTModelConfig = field(default_factory=SFTModelConfig)
-
-    def resolve(self) -> SFTConfig:
-        """Take the architecture from ``model.restore_from_path``'s checkpoint (it decides the model)."""
-        path = self.model.restore_from_path
-        if not path:
-            return self
-        config_file = Path(path) / "model_config.yaml"
-        if not config_file.is_file():
-            raise ConfigError(f"model.restore_from_path={path}: not a megatron_align checkpoint (no "
-                              "model_config.yaml); convert HF weights with "
-                              "`megatron-align convert --from-hf`",
-                              key="model.restore_from_path")
-        from megatron_align.config import from_yaml_file
-
-        restored = from_yaml_file(ModelConfig, config_file)
-        return dataclasses.replace(self, model=_merge_architecture(self.model, restored))
-
-    def validate(self, world_size: int) -> None:
-        from megatron_align.config import check_batch_sizes
-
-        tp, pp = self.model.tensor_model_parallel_size, self.model.pipeline_model_parallel_size
-        ds = self.model.data.train_ds
-        check_batch_sizes(ds.global_batch_size, ds.micro_batch_size, world_size // (tp * pp),
-                          prefix="model.data.train_ds")
-        if not ds.file_path:
-            raise ConfigError("model.data.train_ds.file_path is not set: give the training JSONL file(s)",
-                              key="model.data.train_ds.file_path")
-        if ds.packed_sequence and pp > 1:
-            raise ConfigError("model.data.train_ds.packed_sequence=True with pipeline parallelism: packed "
-                              "steps have a varying number of rows; use it with "
-                              "model.pipeline_model_parallel_size=1",
-                              key="model.data.train_ds.packed_sequence")
-        if self.model.data.validation_ds.packed_sequence:
-            raise ConfigError("model.data.validation_ds.packed_sequence=True: validation batches are padded, "
-                              "set it to False", key="model.data.validation_ds.packed_sequence")
-
-
-def run_dir_of(cfg: RunConfig) -> Path:
-    """``exp_manager.explicit_log_dir``, else ``exp_manager.exp_dir/<name>`` (NeMo's layout)."""
-    em = cfg.exp_manager
-    if em.explicit_log_dir:
-        return Path(em.explicit_log_dir)
-    return Path(em.exp_dir or "results") / (em.name or cfg.name)
-
-
-def _kill_hook(step: int) -> None:
-    # Test hook: simulate a crash right after the checkpoint of step k (SIGKILL, nothing flushed).
-    if os.environ.get("MEGATRON_ALIGN_TEST_KILL_AFTER_STEP") == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_sft(cfg: SFTConfig) -> dict:
@@ -141,6 +43,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     from megatron_align.training.checkpointing import CheckpointManager
     from megatron_align.training.lr import apply_lr, lr_at
     from megatron_align.training.metrics import MetricsWriter
+    from megatron_align.training.run import kill_hook, validation_microbatches
     from megatron_align.training.sampler import GlobalBatchSampler, total_steps
     from megatron_align.training.setup import prepare_for_training
     from megatron_align.training.step import NonFiniteError, eval_loss, train_step
@@ -160,8 +63,8 @@ def run_sft(cfg: SFTConfig) -> dict:
                               "SFT fine-tunes a language model: give a GPT checkpoint",
                               key="model.restore_from_path")
         restored = read_model_config(m.restore_from_path)
-        model_cfg = _merge_architecture(m, restored, source=m.restore_from_path)
-        _check_context(m.data, model_cfg, m.restore_from_path)
+        model_cfg = merge_architecture(m, restored, source=m.restore_from_path)
+        check_context(m.data, model_cfg, m.restore_from_path)
         tokenizer_dir = Path(m.restore_from_path) / "tokenizer"
         tokenizer = load_tokenizer_from_dir(tokenizer_dir)
     else:
@@ -200,7 +103,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     metrics = MetricsWriter(run_dir, enabled=rank0, total_steps=max_steps, start_step=step, desc="sft",
                             tensorboard=em.create_tensorboard_logger, wandb=em.create_wandb_logger,
                             wandb_kwargs=dict(em.wandb_logger_kwargs), config={"max_steps": max_steps})
-    val_batches = _val_microbatches(val_ds, sft.limit_val_batches, m.data.validation_ds, dp_rank, dp,
+    val_batches = validation_microbatches(val_ds, sft.limit_val_batches, m.data.validation_ds, dp_rank, dp,
                                     tokenizer.pad_id, seq_len, collate_sft)
 
     def step_microbatches(index_lists: list[list[int]]) -> list:
@@ -249,64 +152,9 @@ def run_sft(cfg: SFTConfig) -> dict:
                 path = ckpts.save(step, model, model_cfg, tokenizer_dir, optimizer, train_state,
                                   {"val_loss": row.get("val_loss"), "loss": res.loss})
                 summary["last_checkpoint"] = str(path)
-                _kill_hook(step)
+                kill_hook(step)
     finally:
         metrics.close()
     summary["steps"] = step
     summary["data_report"] = train_ds.report(logger)  # skipped / dropped / truncated counts per file
     return summary
-
-
-def _merge_architecture(requested: ModelConfig, restored: ModelConfig, source: str = "the checkpoint",
-                        ) -> ModelConfig:
-    """The restored checkpoint decides the architecture; the command line decides layout and training. An
-    architecture key the user set to something else is named in one warning line (it is not used)."""
-    keep = {f.name for f in dataclasses.fields(ModelConfig)} - {
-        "tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel",
-        "restore_from_path", "optim", "data", "micro_batch_size", "global_batch_size", "hidden_dropout",
-        "attention_dropout", "seed", "megatron_amp_O2", "activations_checkpoint_granularity",
-        "activations_checkpoint_method", "activations_checkpoint_num_layers"}
-    defaults = type(requested)()
-    ignored = []
-    for k in sorted(keep):
-        asked, saved = getattr(requested, k), getattr(restored, k)
-        if asked != getattr(defaults, k) and asked != saved:
-            ignored.append(f"model.{k}={asked!r} (checkpoint: {saved!r})")
-    if ignored:
-        logger.warning("ignored: %s: the architecture comes from %s/model_config.yaml", "; ".join(ignored),
-                       source)
-    return dataclasses.replace(requested, **{k: getattr(restored, k) for k in keep})
-
-
-def _check_context(data: DataConfig, model_cfg: ModelConfig, source: str) -> None:
-    """Training rows must fit the restored model's context (its position table and training length)."""
-    context = min(model_cfg.encoder_seq_length, model_cfg.max_position_embeddings)
-    for split in ("train_ds", "validation_ds"):
-        ds = getattr(data, split)
-        length = ds.max_seq_length
-        if length > context and (split == "train_ds" or ds.file_path):  # an unset validation split is unused
-            key = f"model.data.{split}.max_seq_length"
-            raise ConfigError(f"{key}={length} is longer than the context of {context} tokens of {source} "
-                              f"(encoder_seq_length={model_cfg.encoder_seq_length}, max_position_embeddings="
-                              f"{model_cfg.max_position_embeddings}): use at most {context}", key=key)
-
-
-def _val_microbatches(val_ds, limit, vcfg, dp_rank, dp, pad_id, seq_len, collate):
-    """This rank's validation micro-batches: the first ``limit`` global batches of the validation set."""
-    if val_ds is None or len(val_ds) == 0:
-        return []
-    n_global = max(1, len(val_ds) // vcfg.global_batch_size)
-    if isinstance(limit, int) and not isinstance(limit, bool):
-        n = limit
-    else:
-        n = max(1, math.floor(n_global * float(limit)))
-    n = min(n, n_global)
-    per_rank = vcfg.global_batch_size // dp
-    out = []
-    for b in range(n):
-        base = b * vcfg.global_batch_size + dp_rank * per_rank
-        idx = [(base + i) % len(val_ds) for i in range(per_rank)]
-        for i in range(0, per_rank, vcfg.micro_batch_size):
-            out.append(collate([val_ds[j] for j in idx[i:i + vcfg.micro_batch_size]], pad_id=pad_id,
-                               seq_length=seq_len))
-    return out

@@ -59,13 +59,26 @@ def _is_rank_zero() -> bool:
     return True
 
 
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint directory that cannot be used (missing, incomplete, unsafe, truncated, wrong model)."""
+
+    prefix = "checkpoint error"
+
+
+class HelpRequested(Exception):
+    """``--help`` among the overrides: ``run_cli`` prints ``text`` to stdout and exits 0."""
+
+    def __init__(self, text: str):
+        super().__init__("help requested")
+        self.text = text
+
+
 def run_cli(main_fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call ``main_fn(*args, **kwargs)``; a ``UserError`` (config, data, checkpoint, tokenizer) becomes one
     stderr line and exit status 2.
 
     Every rank fails the same way, so only rank 0 prints (the others exit silently with the same status).
     """
-    from megatron_align.config.loader import HelpRequested
 
     try:
         return main_fn(*args, **kwargs)

@@ -116,14 +116,42 @@ class GenerationConfig:
             )
 
 
-def _check_model(model: ModelConfig, t: TRTLLMConfig, tk: str, tp: int, pp: int) -> None:
-    from megatron_align.generation.trtllm.convert import check_llama_family
-    from megatron_align.generation.trtllm.reshard import check_target_tp
-    from megatron_align.models.hf.errors import HFConversionError
+GATED_ACTIVATIONS = ("swiglu", "fast-swiglu")
+"""Activations of the Llama-family MLP (gate and up projections) that the HF tensor names can express."""
 
+
+def llama_family_problem(cfg: ModelConfig) -> Optional[str]:
+    """Why the HF Llama-family names (TensorRT-LLM refit) cannot express ``cfg``: one line naming the field,
+    or None."""
+    if cfg.normalization != "rmsnorm":
+        return (f"model.normalization={cfg.normalization}: TensorRT-LLM refit handles Llama-family models "
+                "(rmsnorm)")
+    if cfg.activation not in GATED_ACTIVATIONS:
+        return f"model.activation={cfg.activation}: TensorRT-LLM refit handles Llama-family models (swiglu)"
+    if cfg.position_embedding_type != "rope":
+        return (f"model.position_embedding_type={cfg.position_embedding_type}: TensorRT-LLM refit handles "
+                "rope models")
+    if cfg.vocab_size is None:
+        return "model.vocab_size is unset; the HF tensors need the real vocabulary size"
+    return None
+
+
+def engine_tp_problem(cfg: ModelConfig, tp: int) -> Optional[str]:
+    """Why a TP=``tp`` engine cannot split ``cfg``: one line, or None."""
+    heads, groups = cfg.num_attention_heads, cfg.query_groups()
+    if tp < 1:
+        return f"engine tensor_parallel_size={tp}: must be >= 1"
+    if heads % tp:
+        return f"engine tensor_parallel_size={tp} must divide num_attention_heads={heads}"
+    if groups % tp and tp % groups:
+        return f"engine tensor_parallel_size={tp} and num_query_groups={groups}: one must divide the other"
+    if cfg.ffn_hidden_size % tp:
+        return f"engine tensor_parallel_size={tp} must divide ffn_hidden_size={cfg.ffn_hidden_size}"
+    return None
+
+
+def _check_model(model: ModelConfig, t: TRTLLMConfig, tk: str, tp: int, pp: int) -> None:
     engine_tp, _ = t.engine_parallel_sizes(tp, pp)
-    try:
-        check_llama_family(model)
-        check_target_tp(model, engine_tp)
-    except HFConversionError as err:
-        raise ConfigError(f"{tk}.enable=true: {err}", key=f"{tk}.enable") from None
+    problem = llama_family_problem(model) or engine_tp_problem(model, engine_tp)
+    if problem:
+        raise ConfigError(f"{tk}.enable=true: {problem}", key=f"{tk}.enable")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import yaml
 from omegaconf import OmegaConf
 
-from megatron_align.config.errors import ConfigError
+from megatron_align.config.errors import ConfigError, HelpRequested
 from megatron_align.config.overrides import apply_overrides
 from megatron_align.config.tree import ConfigTree
 from megatron_align.config.validate import validate_layout
@@ -54,14 +54,6 @@ def merge_yaml_file(tree: ConfigTree, path: PathLike) -> None:
         return f"in {path}, line {lines[key]}" if key else f"in {path}"
 
     tree.merge(data, source_of)
-
-
-class HelpRequested(Exception):
-    """``--help`` among the overrides: ``run_cli`` prints ``text`` to stdout and exits 0."""
-
-    def __init__(self, text: str):
-        super().__init__("help requested")
-        self.text = text
 
 
 def help_text(defaults: Any, yaml_path: PathLike | None, epilog: str = "", prog: str | None = None) -> str:

@@ -172,3 +172,8 @@ class ModelConfig:
     def query_groups(self) -> int:
         """Key/value heads (equals query heads without GQA)."""
         return self.num_query_groups or self.num_attention_heads
+
+    def context_length(self) -> int:
+        """Longest sequence (prompt + generated tokens, or a training row) the model takes: the training
+        length, capped by the position table."""
+        return min(self.encoder_seq_length, self.max_position_embeddings)

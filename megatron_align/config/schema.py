@@ -21,6 +21,7 @@ A stage declares its schema by composition, e.g.::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from megatron_align.config.model import ModelConfig
@@ -48,20 +49,6 @@ def normalize_precision(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     return _PRECISION_ALIASES.get(value.strip().lower())
-
-
-def fast_precision() -> str:
-    """``bf16`` where bf16 matrix products are native (a CUDA GPU that supports bf16, a CPU with AVX-512
-    BF16 or AMX), else ``32``: elsewhere bf16 is emulated (on an AVX2-only CPU a bf16 matmul measured 7x an
-    fp32 one)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "32"
-    cpu = torch.cpu
-    native = any(getattr(cpu, probe, lambda: False)() for probe in
-                 ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return "bf16" if native else "32"
 
 
 @dataclass
@@ -143,3 +130,12 @@ class RunConfig:
     """Model architecture, layout, optimizer and data."""
     exp_manager: ExpManagerConfig = field(default_factory=ExpManagerConfig)
     """Logs, checkpoints and resumption."""
+
+
+def run_dir_of(cfg: RunConfig, default_exp_dir: str = "results") -> Path:
+    """``exp_manager.explicit_log_dir``, else ``exp_manager.exp_dir/<name>`` (NeMo's layout; ``exp_dir``
+    unset: ``default_exp_dir``)."""
+    em = cfg.exp_manager
+    if em.explicit_log_dir:
+        return Path(em.explicit_log_dir)
+    return Path(em.exp_dir or default_exp_dir) / (em.name or cfg.name)

@@ -43,8 +43,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from megatron_align.config.errors import CheckpointError
 from megatron_align.config.model import ModelConfig
-from megatron_align.models.checkpoint_error import CheckpointError
+from megatron_align.config.restore import read_model_config  # noqa: F401 - part of this module's API
 
 logger = logging.getLogger(__name__)
 
@@ -133,34 +134,6 @@ def write_model_config(cfg: ModelConfig, path: Path) -> None:
     """Save the model section as YAML (no Python objects); a stage's extra keys are left out so that every
     reader can load it as a ``ModelConfig``."""
     OmegaConf.save(OmegaConf.structured(base_model_config(cfg)), str(path))
-
-
-def read_model_config(ckpt: str | os.PathLike) -> ModelConfig:
-    """The ``model.*`` section stored in a checkpoint directory (stage-only keys written by older versions,
-    such as SFT's ``answer_only_loss``, are ignored)."""
-    path = Path(ckpt) / "model_config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; {ckpt} is not a megatron_align checkpoint")
-    try:
-        loaded = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as e:  # noqa: BLE001 - yaml and OmegaConf raise many types; every one is "bad file"
-        raise CheckpointError(f"{path}: not a plain YAML mapping ({_one_line(e)})") from None
-    if not isinstance(loaded, dict):
-        raise CheckpointError(f"{path}: expected a mapping of model.* keys")
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    extra = sorted(set(loaded) - known)
-    if extra:
-        logger.info("%s: ignoring keys that are not model architecture: %s", path, ", ".join(map(str, extra)))
-        loaded = {k: v for k, v in loaded.items() if k in known}
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), loaded))
-    except Exception as e:  # noqa: BLE001 - OmegaConf's validation errors: a wrong type or value in the file
-        raise CheckpointError(f"{path}: {_one_line(e)}") from None
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:240]}"
 
 
 def checkpoint_kind(ckpt: str | os.PathLike) -> str:

@@ -50,7 +50,7 @@ from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, StorageMeta
 
-from megatron_align.models.checkpoint_error import CheckpointError
+from megatron_align.config.errors import CheckpointError
 
 # ----------------------------------------------------------------------------------------------------------
 # allow-list for the index (.metadata)

@@ -21,6 +21,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from megatron_align.generation.text import sentence_of
 from megatron_align.servers.http import MAX_SEED, RequestError, Text
 
 
@@ -146,14 +147,6 @@ def offsets_of(texts: list[str]) -> list[int]:
         out.append(pos)
         pos += len(t)
     return out
-
-
-def sentence_of(tokenizer, prompt: str, prompt_ids: list[int], ids: list[int]) -> str:
-    """Decoded prompt + response, starting with ``prompt`` verbatim (decoding need not reproduce the prompt's
-    exact text, e.g. its spacing, and clients cut the response off with ``len(prompt)``)."""
-    full = tokenizer.ids_to_text(ids)
-    head = tokenizer.ids_to_text(prompt_ids)
-    return prompt + full[len(head):] if full.startswith(head) else full
 
 
 def build_response(tokenizer, req: GenerateRequest, prompt_ids: list, results: list[dict]) -> dict:

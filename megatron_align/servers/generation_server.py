@@ -16,6 +16,7 @@ import logging
 
 import torch
 
+from megatron_align.generation.build import make_backend
 from megatron_align.generation.interface import GenerationBackend, SamplingParams
 from megatron_align.servers.config import GPTEvalConfig
 
@@ -23,16 +24,6 @@ from megatron_align.servers.config import GPTEvalConfig
 from megatron_align.servers.generate_api import GenerateRequest, GenerateResponse
 
 logger = logging.getLogger(__name__)
-
-def make_backend(model, tokenizer, model_cfg, max_batch_size: int) -> GenerationBackend:
-    """The megatron KV-cache generation engine over ``model``."""
-    from megatron_align.generation.megatron_backend import MegatronGenerationBackend
-    from megatron_align.servers.setup import context_length
-
-    return MegatronGenerationBackend(model, tokenizer, max_batch_size=max_batch_size,
-                                     max_sequence_length=context_length(model_cfg),
-                                     vocab_size=tokenizer.vocab_size)
-
 
 class GenerationWorker:
     """Runs one replica's share of a batch: generation in rounds of ``max_batch_size``, then the log-prob
@@ -92,12 +83,11 @@ def build_app(cfg: GPTEvalConfig, replica, queue, dp_size: int):
         tokenize_prompts,
     )
     from megatron_align.servers.http import await_job, install_error_handlers
-    from megatron_align.servers.setup import context_length
 
     app = FastAPI(title="megatron_align generation server",
                   description="NeMo-compatible PUT /generate over a megatron_align checkpoint.")
     install_error_handlers(app)
-    ctx = context_length(replica.model_cfg)
+    ctx = replica.model_cfg.context_length()
     tok = replica.tokenizer
 
     limits = RequestLimits(cfg.max_sentences_per_request, cfg.max_generated_tokens_per_request,
@@ -151,7 +141,6 @@ def _offline(cfg: GPTEvalConfig, worker: GenerationWorker, ch, layout) -> None:
     )
     from megatron_align.servers.http import RequestError
     from megatron_align.servers.loop import run_on_replicas
-    from megatron_align.servers.setup import context_length
 
     inf = cfg.inference
     fields = {k: getattr(inf, k) for k in ("greedy", "top_k", "top_p", "temperature", "add_BOS",
@@ -160,7 +149,7 @@ def _offline(cfg: GPTEvalConfig, worker: GenerationWorker, ch, layout) -> None:
     try:
         req = GenerateRequest.model_validate(
             {"sentences": list(cfg.prompts), "end_strings": list(inf.end_strings), **fields}, strict=False)
-        ids = tokenize_prompts(req, worker.tokenizer, context_length(worker.model_cfg),
+        ids = tokenize_prompts(req, worker.tokenizer, worker.model_cfg.context_length(),
                                RequestLimits(len(req.sentences)))
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Callable
 
 from megatron_align.config.errors import UserError
+from megatron_align.generation.remote import http_error_detail
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +36,6 @@ class RewardServerError(UserError):
     """The reward server could not be reached, refused the request, or answered something malformed."""
 
     prefix = "reward server error"
-
-
-def http_error_detail(e: urllib.error.HTTPError) -> str:
-    """The ``error`` field of a JSON error body (our servers' 4xx/5xx answers), else the body's text, on one
-    line and at most 500 characters."""
-    detail = " ".join(e.read().decode("utf-8", "replace").split())[:500]
-    try:
-        return json.loads(detail).get("error", detail)
-    except (ValueError, AttributeError):
-        return detail
 
 
 class _Retryable(Exception):

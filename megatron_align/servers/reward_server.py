@@ -113,12 +113,11 @@ def build_app(cfg: RMServeConfig, replica, queue, dp_size: int):
 
     from megatron_align.servers.batching import Job
     from megatron_align.servers.http import await_job, install_error_handlers
-    from megatron_align.servers.setup import context_length
 
     app = FastAPI(title="megatron_align reward-model server",
                   description="NeMo-Aligner-compatible reward scoring over a megatron_align checkpoint.")
     install_error_handlers(app)
-    ctx = context_length(replica.model_cfg)
+    ctx = replica.model_cfg.context_length()
 
     @app.api_route("/infer", methods=["PUT", "POST"], response_model=RewardResponse)
     async def infer(req: RewardRequest):

@@ -31,12 +31,6 @@ class Replica:
     world_size: int
 
 
-def context_length(cfg: ModelConfig) -> int:
-    """Longest sequence (prompt + generated tokens) a request may ask for: the training length, capped by the
-    position table."""
-    return min(cfg.encoder_seq_length, cfg.max_position_embeddings)
-
-
 def start_replica(ckpt: str, tp: int, pp: int, trainer, tp_key: str, pp_key: str, ckpt_key: str,
                   kind: str) -> Replica:
     """Check the checkpoint and the layout, start torch.distributed + megatron groups, read the checkpoint's

@@ -108,19 +108,21 @@ def sampling_params(s: SampleSection, seed: int):
 
 
 def _generate(prompts: list[str], s: SampleSection, params, checkpoint, backend) -> list[str]:
-    from megatron_align.steerlm import generate as gen
+    from megatron_align.generation.build import load_backend
+    from megatron_align.generation.remote import generate_http
+    from megatron_align.generation.text import generate_local
 
     if s.url is not None:
         per_request = max(1, 64 // s.k) * s.k  # a prompt's k copies share a request (distinct draws)
-        return gen.generate_http(s.url, prompts, params, request_size=per_request)
+        return generate_http(s.url, prompts, params, request_size=per_request)
     own = backend is None
     if own:
         if not checkpoint:
             raise ConfigError("checkpoint is not set (the policy to sample from), nor sample.url",
                               key="checkpoint")
-        backend = gen.load_backend(checkpoint, s.precision, s.max_batch_size)
+        backend = load_backend(checkpoint, s.precision, s.max_batch_size)
     try:
-        return gen.generate_local(backend, prompts, params)
+        return generate_local(backend, prompts, params)
     finally:
         if own:
             backend.close()
@@ -131,7 +133,7 @@ def _generate(prompts: list[str], s: SampleSection, params, checkpoint, backend)
 def sample_step(prompts_file, output, s: SampleSection, checkpoint=None, seed: Optional[int] = None,
                 backend=None) -> dict:
     """Step a (module docstring): writes ``output``; returns counts."""
-    from megatron_align.steerlm.generate import clean_response
+    from megatron_align.generation.text import clean_response
 
     label = max_quality_label(s.values)
     params = sampling_params(s, s.seed if seed is None else seed)

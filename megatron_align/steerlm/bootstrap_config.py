@@ -182,9 +182,9 @@ def sft_config(train_file, checkpoint, run_dir, overrides: list[str]):
     """The SFT stage's config for fine-tuning ``checkpoint`` on ``train_file`` in ``run_dir``:
     conf/gpt_sft.yaml, ``FINETUNE_DEFAULTS``, the user's ``overrides`` (keys without ``finetune.``), then the
     step's own keys."""
-    from megatron_align.algorithms.sft import SFTConfig
     from megatron_align.config import load_config
     from megatron_align.config.overrides import parse_override
+    from megatron_align.config.stages.sft import SFTConfig
 
     for text in overrides:
         key = parse_override(text).key

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from megatron_align.config.schema import run_dir_of
+
 logger = logging.getLogger(__name__)
 
 OWNED = ("data", "tokenizer", "base_model", "reward_model", "ac_sft", "bootstrap", "results.json",
@@ -43,20 +45,12 @@ OWNED = ("data", "tokenizer", "base_model", "reward_model", "ac_sft", "bootstrap
 STAGES = 6
 
 
-def run_dir_of(cfg) -> Path:
-    """``exp_manager.explicit_log_dir``, else ``exp_manager.exp_dir`` (default ``runs``) / name."""
-    em = cfg.exp_manager
-    if em.explicit_log_dir:
-        return Path(em.explicit_log_dir)
-    return Path(em.exp_dir or "runs") / (em.name or cfg.name)
-
-
 class Pipeline:
     """The demo's state between stages (paths, checkpoints, results) and its rank-0 display."""
 
     def __init__(self, cfg, rank: int):
         self.cfg, self.rank0 = cfg, rank == 0
-        self.run_dir = run_dir_of(cfg)
+        self.run_dir = run_dir_of(cfg, default_exp_dir="runs")
         self.results: dict = {"config": {"size": cfg.size, "precision": str(cfg.trainer.precision)},
                               "stages": {}}
         self._t = time.perf_counter()
@@ -154,7 +148,7 @@ def generate(p: Pipeline, backend, prompts: list[str], params, desc: str) -> lis
     string; ``finished`` False when the length limit cut it."""
     import dataclasses
 
-    from megatron_align.steerlm.generate import clean_response, generate_local
+    from megatron_align.generation.text import clean_response, generate_local
 
     longest = max(len(ids) for ids in backend.tokenizer.texts_to_ids(prompts))
     room = backend.max_sequence_length - longest
@@ -179,6 +173,7 @@ def stage_bootstrap_samples(p: Pipeline, policy: Path) -> tuple[list[dict], int]
     records; answers that are empty or were cut by the length limit are dropped (and counted)."""
     from megatron_align.data.steerlm.records import SYSTEM_PROMPT
     from megatron_align.data.steerlm_demo import random_targets, steering_prompts
+    from megatron_align.generation.build import load_backend
     from megatron_align.steerlm.bootstrap import (
         generation_prompt,
         max_quality_label,
@@ -186,7 +181,6 @@ def stage_bootstrap_samples(p: Pipeline, policy: Path) -> tuple[list[dict], int]
         sampling_params,
     )
     from megatron_align.steerlm.bootstrap_config import SampleSection
-    from megatron_align.steerlm.generate import load_backend
     from megatron_align.steerlm.steer import encode_labels
 
     b, seed = p.cfg.bootstrap, p.cfg.data.seed
@@ -215,8 +209,8 @@ def stage_bootstrap_samples(p: Pipeline, policy: Path) -> tuple[list[dict], int]
 def stage_evaluate(p: Pipeline, policy: Path, rm_mae: dict, baseline: dict) -> None:
     """The steering sweep on ``policy``; writes results.json, table.md, steering.png, samples.jsonl."""
     from megatron_align.data.steerlm_demo import steering_prompts
+    from megatron_align.generation.build import load_backend
     from megatron_align.steerlm.evaluate import plot_steering, steering_requests, steering_table, summarize
-    from megatron_align.steerlm.generate import load_backend
     from megatron_align.steerlm.steer import steer_sampling
 
     e = p.cfg.evaluation

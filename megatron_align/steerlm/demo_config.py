@@ -20,7 +20,6 @@ from typing import Optional
 from megatron_align.config import ConfigError, ModelConfig, RunConfig, TrainerConfig, check_batch_sizes
 from megatron_align.config.model import OptimConfig, OptimSchedConfig
 from megatron_align.config.overrides import parse_override
-from megatron_align.config.schema import fast_precision
 
 SIZES: dict[str, tuple[str, ...]] = {
     "full": (),
@@ -206,6 +205,8 @@ class DemoConfig(RunConfig):
         """``trainer.precision=auto`` made concrete (``fast_precision``) before validation and the stages."""
         if str(self.trainer.precision).strip().lower() != "auto":
             return self
+        from megatron_align.distributed.hardware import fast_precision  # torch: only when it is needed
+
         trainer = dataclasses.replace(self.trainer, precision=fast_precision())
         return dataclasses.replace(self, trainer=trainer)
 

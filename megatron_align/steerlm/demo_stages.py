@@ -87,7 +87,7 @@ def _sft_data(cfg, val_file) -> list[str]:
 
 def base_model_config(cfg, train_file, val_file, tokenizer_model, run_dir: Path):
     """The base language model: SFT from scratch on unlabelled chats."""
-    from megatron_align.algorithms.sft import SFTConfig
+    from megatron_align.config.stages.sft import SFTConfig
 
     s = cfg.base_model
     overrides = [*common(cfg, run_dir), *architecture(cfg), *optimizer(cfg, s), *_sft_loop(s),
@@ -100,7 +100,7 @@ def base_model_config(cfg, train_file, val_file, tokenizer_model, run_dir: Path)
 
 def reward_model_config(cfg, train_file, val_file, base_checkpoint, run_dir: Path):
     """Step 1: the 9-attribute regression reward model, trunk from the base model, fresh head."""
-    from megatron_align.algorithms.reward_model import RMConfig
+    from megatron_align.config.stages.reward_model import RMConfig
 
     s, m = cfg.reward_model, cfg.model
     prefix = (f"{{train: [{_value(str(train_file))}], validation: [{_value(str(val_file))}], "

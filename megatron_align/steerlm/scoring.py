@@ -28,12 +28,11 @@ class RewardScorer:
     def __init__(self, checkpoint: str | os.PathLike, precision: Optional[str] = None,
                  micro_batch_size: int = 4, add_eos: bool = False, mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None):
-        from megatron_align.servers.setup import context_length
-        from megatron_align.steerlm.generate import load_model
+        from megatron_align.generation.build import load_model
 
         self.model, self.tokenizer, cfg = load_model(checkpoint, "reward", precision)
         self.num_attributes = int(cfg.num_attributes)
-        self.context = context_length(cfg)
+        self.context = cfg.context_length()
         self.micro_batch_size = int(micro_batch_size)
         self.add_eos = bool(add_eos)
         self.standardization = None

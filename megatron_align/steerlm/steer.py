@@ -145,7 +145,9 @@ def steer_batch(prompts: Sequence[str], values: Values = None, *,
                 sampling: Optional[SamplingParams] = None, system: Optional[str] = None, raw: bool = False,
                 timeout: float = 600.0) -> list[str]:
     """``steer`` for several user prompts (one request / one ``generate`` call)."""
-    from megatron_align.steerlm import generate as gen
+    from megatron_align.generation.build import load_backend
+    from megatron_align.generation.remote import generate_http
+    from megatron_align.generation.text import clean_response, generate_local
 
     texts = [steer_prompt(p, values, system) for p in prompts]
     params = sampling if sampling is not None else steer_sampling()
@@ -153,12 +155,12 @@ def steer_batch(prompts: Sequence[str], values: Values = None, *,
         raise SteerError("give exactly one of url (a running generation server) or backend (a checkpoint "
                          "directory or a generation backend)")
     if url is not None:
-        outs = gen.generate_http(url, texts, params, timeout=timeout)
+        outs = generate_http(url, texts, params, timeout=timeout)
     else:
         if isinstance(backend, str) or hasattr(backend, "__fspath__"):
-            backend = gen.load_backend(backend)
-        outs = gen.generate_local(backend, texts, params)
-    return outs if raw else [gen.clean_response(o, params.end_strings) for o in outs]
+            backend = load_backend(backend)
+        outs = generate_local(backend, texts, params)
+    return outs if raw else [clean_response(o, params.end_strings) for o in outs]
 
 
 def steer(prompt: str, values: Values = None, *, backend: Union[GenerationBackend, str, None] = None,

@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
         else:
             import warnings
 
-            from megatron_align.steerlm.generate import load_backend
+            from megatron_align.generation.build import load_backend
 
             warnings.filterwarnings("ignore")
             backend = load_backend(args.checkpoint, args.precision)

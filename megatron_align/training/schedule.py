@@ -14,15 +14,7 @@ from functools import partial
 import torch
 
 from megatron_align.distributed.launch import compute_device
-
-
-def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """``output_tensor``: per-token cross entropy ``[B, S]`` from GPTModel(labels=...);
-    ``loss_mask`` [B, S]."""
-    mask = loss_mask.to(output_tensor.device, torch.float32)
-    loss_sum = (output_tensor.float() * mask).sum()
-    num_tokens = mask.sum().to(torch.int)
-    return loss_sum, num_tokens, {"lm_loss": torch.stack([loss_sum.detach(), mask.sum().detach()])}
+from megatron_align.losses.nll import nll_loss_func
 
 
 def _on_device(batch, device):
@@ -41,7 +33,7 @@ def lm_forward_step(data_iterator, model):
     output = model(
         batch["tokens"], batch["position_ids"], mask, labels=batch["labels"]
     )  # [B, S] per-token loss on the last stage, hidden states elsewhere
-    return output, partial(lm_loss_func, batch["loss_mask"])
+    return output, partial(nll_loss_func, batch["loss_mask"])
 
 
 def forward_backward(

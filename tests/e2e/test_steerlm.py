@@ -134,7 +134,7 @@ def test_steer_cli_local_checkpoint_and_server_give_the_same_greedy_answer(ckpts
 
 
 def test_steer_helper_same_seeded_samples_from_server_and_local(ckpts, servers):
-    from megatron_align.steerlm.generate import load_backend
+    from megatron_align.generation.build import load_backend
     from megatron_align.steerlm.steer import steer, steer_batch, steer_sampling
 
     servers["gen"].wait_ready()

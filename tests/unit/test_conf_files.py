@@ -17,8 +17,8 @@ def test_kernels_package_imports():
 
 
 def test_training_rm_yaml_is_generated_from_the_schema():
-    from megatron_align.algorithms.reward_model import RMConfig
     from megatron_align.config.docgen import commented_yaml
+    from megatron_align.config.stages.reward_model import RMConfig
 
     path = ROOT / "conf" / "training_rm.yaml"
     assert load_config(RMConfig, path, validate=False) == RMConfig()

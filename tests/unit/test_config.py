@@ -324,7 +324,7 @@ def test_impossible_layouts(cfg, world_size, key, fragment):
 
 @pytest.mark.parametrize("field_name,value", [("pad_seq_length_to_mult", 6), ("max_seq_length", 1026)])
 def test_sequence_parallel_needs_row_lengths_divisible_by_tp(field_name, value):
-    from megatron_align.algorithms.sft import SFTConfig
+    from megatron_align.config.stages.sft import SFTConfig
 
     cfg = SFTConfig()
     cfg.model.tensor_model_parallel_size, cfg.model.sequence_parallel = 4, True
@@ -459,7 +459,7 @@ def test_cli_main_decorator_and_quiet_non_zero_ranks(capsys, monkeypatch):
 ])
 def test_optimizer_values_are_range_checked_at_load(override, key):
     """Issue 12, section 5: a negative or NaN learning rate (and the like) is one line at load time."""
-    from megatron_align.algorithms.sft import SFTConfig
+    from megatron_align.config.stages.sft import SFTConfig
     from tests.helpers import ROOT
 
     with pytest.raises(ConfigError) as err:

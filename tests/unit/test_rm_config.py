@@ -5,9 +5,9 @@ import shlex
 
 import pytest
 
-from megatron_align.algorithms.reward_model import RMConfig, split_files
 from megatron_align.config import ConfigError, load_config
 from megatron_align.config.model import ModelConfig
+from megatron_align.config.stages.reward_model import RMConfig, split_files
 from megatron_align.models.checkpoint import write_model_config
 from tests.helpers import ROOT
 
@@ -116,7 +116,7 @@ def test_sft_checkpoint_config_restores_a_reward_model(tmp_path):
     keys such as answer_only_loss written by older versions are ignored, new ones are not written)."""
     from omegaconf import OmegaConf
 
-    from megatron_align.algorithms.sft import SFTModelConfig
+    from megatron_align.config.stages.sft import SFTModelConfig
     from megatron_align.models.checkpoint import read_model_config
 
     d = tmp_path / "sft"

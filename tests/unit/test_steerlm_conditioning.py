@@ -78,9 +78,9 @@ def _seed_sft_overrides():
 
 
 def test_seed_sft_command_loads_with_paths_and_sizes_changed(tmp_path):
-    from megatron_align.algorithms.sft import SFTConfig
     from megatron_align.config import load_config
     from megatron_align.config.model import ModelConfig
+    from megatron_align.config.stages.sft import SFTConfig
     from megatron_align.models.checkpoint import write_model_config
 
     # the checkpoint the command restores decides the architecture (a 70B-like head count, tiny otherwise)

@@ -9,9 +9,10 @@ from collections import OrderedDict
 import pytest
 
 from megatron_align.data.nemo_chat import parse_chat_record, render_chat
+from megatron_align.generation.remote import endpoint, request_body
+from megatron_align.generation.text import clean_response
 from megatron_align.steerlm.bootstrap import generation_prompt, max_quality_label, prompt_of, sample_record
 from megatron_align.steerlm.bootstrap_config import split_overrides, yaml_quote
-from megatron_align.steerlm.generate import clean_response, endpoint, request_body
 from megatron_align.steerlm.steer import (
     DEFAULT_VALUES,
     SteerError,

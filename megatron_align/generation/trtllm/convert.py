@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from megatron_align.config.generation import llama_family_problem
 from megatron_align.config.model import ModelConfig
 from megatron_align.models.hf import layout
 from megatron_align.models.hf.errors import HFConversionError
@@ -36,7 +37,6 @@ Fetch = Callable[[str], list[torch.Tensor]]
 """``fetch(megatron_name)`` -> that tensor's TP shards in TP-rank order (one stage's view)."""
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
-_GATED = ("swiglu", "fast-swiglu")
 GROUPS_PER_LAYER = 6
 """input norm, q/k/v, o_proj, post-attention norm, gate/up, down_proj."""
 
@@ -45,23 +45,10 @@ GROUPS_PER_LAYER = 6
 # checks
 # ------------------------------------------------------------------------------------------------------------
 def check_llama_family(cfg: ModelConfig) -> None:
-    """Refuse architectures the HF Llama-family names cannot express (one line naming the field)."""
-    if cfg.normalization != "rmsnorm":
-        raise HFConversionError(
-            f"model.normalization={cfg.normalization}: TensorRT-LLM refit handles Llama-family models "
-            "(rmsnorm)"
-        )
-    if cfg.activation not in _GATED:
-        raise HFConversionError(
-            f"model.activation={cfg.activation}: TensorRT-LLM refit handles Llama-family models (swiglu)"
-        )
-    if cfg.position_embedding_type != "rope":
-        raise HFConversionError(
-            f"model.position_embedding_type={cfg.position_embedding_type}: TensorRT-LLM refit handles "
-            "rope models"
-        )
-    if cfg.vocab_size is None:
-        raise HFConversionError("model.vocab_size is unset; the HF tensors need the real vocabulary size")
+    """Refuse architectures the HF Llama-family names cannot express (one line: ``llama_family_problem``)."""
+    problem = llama_family_problem(cfg)
+    if problem:
+        raise HFConversionError(problem)
 
 
 def local_names(state: Mapping[str, object]) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 import torch
 
+from megatron_align.config.generation import engine_tp_problem
 from megatron_align.config.model import ModelConfig
 from megatron_align.models.hf import layout
 from megatron_align.models.hf.errors import HFConversionError
@@ -40,20 +41,10 @@ _VOCAB = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 def check_target_tp(cfg: ModelConfig, tp: int) -> None:
-    """One line naming what a TP=``tp`` engine cannot split."""
-    heads, groups = cfg.num_attention_heads, cfg.query_groups()
-    if tp < 1:
-        raise HFConversionError(f"engine tensor_parallel_size={tp}: must be >= 1")
-    if heads % tp:
-        raise HFConversionError(f"engine tensor_parallel_size={tp} must divide num_attention_heads={heads}")
-    if groups % tp and tp % groups:
-        raise HFConversionError(
-            f"engine tensor_parallel_size={tp} and num_query_groups={groups}: one must divide the other"
-        )
-    if cfg.ffn_hidden_size % tp:
-        raise HFConversionError(
-            f"engine tensor_parallel_size={tp} must divide ffn_hidden_size={cfg.ffn_hidden_size}"
-        )
+    """One line naming what a TP=``tp`` engine cannot split (``config.generation.engine_tp_problem``)."""
+    problem = engine_tp_problem(cfg, tp)
+    if problem:
+        raise HFConversionError(problem)
 
 
 def kv_heads_of_rank(num_kv: int, tp: int, rank: int) -> list[int]:

@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from megatron_align.models.checkpoint_error import CheckpointError
+from megatron_align.config.errors import CheckpointError
 from megatron_align.models.dcp_reader import decode_byte_item
 
 

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from megatron_align.algorithms.reward_losses import (
+from megatron_align.losses.reward import (
     PAIR_METRICS,
     bt_pair_losses,
     pair_loss_func,

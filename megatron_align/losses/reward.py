@@ -1,10 +1,9 @@
 """Reward-model losses: SteerLM's masked multi-attribute regression and the Bradley-Terry pair losses.
 
 Pure tensor functions (``regression_terms``, ``bt_pair_losses``) plus the megatron ``loss_func`` wrappers the
-reward-model stage hands to the pipeline schedules. Every wrapper returns ``(loss_sum, count, reduced)``:
-megatron sums ``count`` over micro-batches and data-parallel ranks and divides the gradients by it
-(``calculate_per_token_loss``), so the loss is one mean over the whole global batch - per valid label cell
-(regression) or per pair (Bradley-Terry) - whatever the micro-batch / DP split.
+reward-model stage hands to the pipeline schedules, reduced as ``losses.reduce`` says: one mean over the whole
+global batch - per valid label cell (regression) or per pair (Bradley-Terry) - whatever the micro-batch / DP
+split.
 
 Conventions, as NeMo-Aligner's ``MegatronGPTRegressionRewardModel`` and ``MegatronGPTRewardModel`` define
 them:
@@ -23,10 +22,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSS_FUNCS = ("regression", "regular_bt", "margin_bt", "scaled_bt")
-"""Values of ``model.regression.loss_func``."""
-BT_LOSS_FUNCS = LOSS_FUNCS[1:]
-"""The pair losses."""
+from megatron_align.config.stages.reward_model import BT_LOSS_FUNCS
+from megatron_align.losses.reduce import megatron_loss
+
 MASK_VALUE = -100.0
 """NeMo's ``model.regression.loss_mask_val``: a missing attribute."""
 
@@ -93,8 +91,7 @@ def regression_loss_func(labels: torch.Tensor, mask_val: float, output: torch.Te
     """``output``: rewards ``[B, A]`` of the last pipeline stage; ``labels`` ``[B, A]``."""
     labels = labels.to(output.device)
     sq_sum, n, abs_err, counts = regression_terms(output, labels, mask_val)
-    reduced = {"lm_loss": torch.stack([sq_sum.detach(), n]), "rm": torch.cat([abs_err, counts])}
-    return sq_sum, n.to(torch.int), reduced
+    return megatron_loss(sq_sum, n, rm=torch.cat([abs_err, counts]))
 
 
 PAIR_METRICS = ("pairs", "decided", "correct", "chosen_sum", "rejected_sum", "chosen_sq_sum",
@@ -112,6 +109,4 @@ def pair_loss_func(preference: torch.Tensor, loss_func: str, score_attribute: in
     metrics = torch.stack([
         torch.tensor(float(len(loss)), device=c.device), decided.sum().float(),
         ((c > r) & decided).sum().float(), c.sum(), r.sum(), (c * c).sum(), (r * r).sum()])
-    n = torch.tensor(len(loss), dtype=torch.float32, device=c.device)
-    loss_sum = loss.sum()
-    return loss_sum, n.to(torch.int), {"lm_loss": torch.stack([loss_sum.detach(), n]), "rm": metrics}
+    return megatron_loss(loss.sum(), torch.tensor(float(len(loss)), device=c.device), rm=metrics)

@@ -1,4 +1,4 @@
-"""SteerLM 2.0 importance weights (megatron_align.importance) vs numbers computed by hand with math.exp.
+"""SteerLM 2.0 importance weights (megatron_align.losses.steerlm2) vs numbers computed by hand with math.exp.
 
 w' = softmax(log P(a|x,y) + log P(y|x) - log Q'), b' = softmax(log Q_theta - log Q') per prompt's group,
 weights = w' - b' (sum 0 per group, detached), KL(w' || b') >= 0 per group.
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kernels.group_softmax import group_sizes_to_offsets
-from megatron_align.importance import steerlm2_weights
+from megatron_align.losses.steerlm2 import steerlm2_weights
 
 # three prompts: 3 responses, 1 response, 2 responses
 LOG_P_A = [-1.0, -2.5, -0.3, -4.0, -0.7, -1.9]  # log P(a|x,y_i)
