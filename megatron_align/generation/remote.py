@@ -12,6 +12,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 
 from megatron_align.generation.errors import GenerationError
 
@@ -40,6 +41,18 @@ def endpoint(url: str, path: str) -> str:
 
 
 
+def request_body(prompts: Sequence[str], params) -> dict:
+    """The ``PUT /generate`` body for ``prompts`` under ``SamplingParams`` ``params`` (the seed's fields)."""
+    body = {"sentences": list(prompts), "tokens_to_generate": params.tokens_to_generate,
+            "temperature": params.temperature, "add_BOS": params.add_BOS, "top_k": params.top_k,
+            "top_p": params.top_p, "greedy": params.greedy, "all_probs": False,
+            "repetition_penalty": params.repetition_penalty,
+            "min_tokens_to_generate": params.min_tokens_to_generate, "end_strings": list(params.end_strings)}
+    if params.random_seed is not None:
+        body["random_seed"] = params.random_seed
+    return body
+
+
 def put_json(url: str, body: dict, timeout: float, what: str) -> dict:
     """``PUT`` ``body`` as JSON, the decoded JSON answer; ``GenerationError`` naming ``what`` (the server) for
     a refused request or an unreachable server."""
@@ -58,4 +71,20 @@ def put_json(url: str, body: dict, timeout: float, what: str) -> dict:
         raise GenerationError(f"{what} at {url} answered with invalid JSON ({e})") from None
 
 
-
+def generate_http(url: str, prompts: Sequence[str], params, timeout: float = 600.0,
+                  request_size: int = 64) -> list[str]:
+    """Continuations of ``prompts`` from the generation server at ``url``."""
+    target = endpoint(url, "generate")
+    out: list[str] = []
+    for lo in range(0, len(prompts), request_size):
+        chunk = list(prompts[lo:lo + request_size])
+        answer = put_json(target, request_body(chunk, params), timeout, "generation server")
+        sentences = answer.get("sentences") if isinstance(answer, dict) else None
+        if not isinstance(sentences, list) or len(sentences) != len(chunk):
+            raise GenerationError(f"generation server at {target}: expected {len(chunk)} sentences in the "
+                                  "answer")
+        for prompt, sentence in zip(chunk, sentences):
+            if not sentence.startswith(prompt):
+                logger.warning("the server's sentence does not start with the prompt; cutting at len(prompt)")
+            out.append(sentence[len(prompt):])
+    return out

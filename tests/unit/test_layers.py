@@ -1,5 +1,6 @@
-"""The import layers of DESIGN.md hold (import-linter, configured in pyproject.toml), and the check is live: an
-upward import, a module circle and a torch import in config/, each planted in a copy of the package, fail it."""
+"""The import layers of DESIGN.md hold (import-linter, configured in pyproject.toml), and the check is live:
+an upward import, a module circle and a torch import in config/, each planted in a copy of the package, fail
+it."""
 
 from __future__ import annotations
 
