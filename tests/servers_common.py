@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tests.helpers import ROOT, _clean_env, tiny_llama
 
-GEN_SCRIPT = ROOT / "examples" / "megatron_gpt_eval.py"
-RM_SCRIPT = ROOT / "examples" / "serve_reward_model.py"
+GEN_SCRIPT = ROOT / "examples" / "nlp" / "language_modeling" / "megatron_gpt_eval.py"
+RM_SCRIPT = ROOT / "examples" / "nlp" / "gpt" / "serve_reward_model.py"
 CONTEXT = 256
 
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -23,6 +24,9 @@ from megatron_align.config.yamlio import key_lines, load_yaml_text
 
 T = TypeVar("T")
 PathLike = str | os.PathLike
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+"""The repository's ``conf/``: one commented YAML per stage, generated from the schemas."""
 
 
 def merge_yaml_file(tree: ConfigTree, path: PathLike) -> None:

@@ -12,9 +12,9 @@ steps (the caching allocator's trade-off), and nothing about the computation cha
 Memory cost: glibc reuses a freed block for a request of the same size only once it has coalesced with a free
 neighbour (torch asks for 64-byte aligned blocks, which need a little more than an exactly sized free chunk),
 so a loop that allocates one large tensor per step can hold a few freed copies of it until they merge (up to
-~8 for a 64 MiB tensor in tests/unit/test_cpu_speed.py). On the benchmark's training step the peak RSS growth
-of megatron_align was lower with the setting than without; the HF loop's rose by ~20%. Tensors of 256 MiB
-and more keep glibc's default (a fresh mapping each, returned on free), which limits what can be held.
+~8 for a 64 MiB tensor in tests/unit/distributed/test_cpu_speed.py). On the benchmark's training step the peak
+RSS growth of megatron_align was lower with the setting than without; the HF loop's rose by ~20%. Tensors of
+256 MiB and more keep glibc's default (a fresh mapping each, returned on free), which limits what can be held.
 
 ``start()`` calls ``tune_cpu_malloc()`` when no CUDA device is present. It does nothing outside glibc, or
 when ``MEGATRON_ALIGN_CPU_MALLOC=0`` is set in the environment.

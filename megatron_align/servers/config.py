@@ -1,11 +1,11 @@
 """Config schemas of the two servers, with the key names of the NeMo / NeMo-Aligner commands in the seeds.
 
-``GPTEvalConfig`` is ``examples/megatron_gpt_eval.py`` (NeMo's ``megatron_gpt_inference.yaml``: top-level
-``gpt_model_file``, ``tensor_model_parallel_size``, ``server``, ``port``, ``prompts``, ``inference.*``),
-plus the serving limits (``host``, ``max_batch_size``, ...). ``RMServeConfig`` is
-``examples/serve_reward_model.py`` (NeMo-Aligner's ``inference_rm.yaml``: ``rm_model_file``,
-``inference.port``, ``inference.micro_batch_size``, ``model.reward_standardization.*``). Unknown keys are
-one-line config errors, as everywhere.
+``GPTEvalConfig`` is ``examples/nlp/language_modeling/megatron_gpt_eval.py`` (NeMo's
+``megatron_gpt_inference.yaml``: top-level ``gpt_model_file``, ``tensor_model_parallel_size``, ``server``,
+``port``, ``prompts``, ``inference.*``), plus the serving limits (``host``, ``max_batch_size``, ...).
+``RMServeConfig`` is ``examples/nlp/gpt/serve_reward_model.py`` (NeMo-Aligner's ``inference_rm.yaml``:
+``rm_model_file``, ``inference.port``, ``inference.micro_batch_size``, ``model.reward_standardization.*``).
+Unknown keys are one-line config errors, as everywhere.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class InferenceParams:
 
 @dataclass
 class GPTEvalConfig:
-    """Top-level schema of ``examples/megatron_gpt_eval.py`` (``conf/megatron_gpt_inference.yaml``)."""
+    """Top-level schema of ``examples/nlp/language_modeling/megatron_gpt_eval.py``
+    (``conf/megatron_gpt_inference.yaml``)."""
 
     inference: InferenceParams = field(default_factory=InferenceParams)
     """Sampling settings of the offline prompts mode."""
@@ -187,7 +188,7 @@ class RMInferenceConfig:
 
 @dataclass
 class RMServeConfig:
-    """Top-level schema of ``examples/serve_reward_model.py`` (``conf/inference_rm.yaml``)."""
+    """Top-level schema of ``examples/nlp/gpt/serve_reward_model.py`` (``conf/inference_rm.yaml``)."""
 
     trainer: ServeTrainerConfig = field(default_factory=ServeTrainerConfig)
     """Processes and precision."""
@@ -226,24 +227,3 @@ def _check_serving_limits(section, prefix: str) -> None:
             raise ConfigError(f"{prefix}{key}={getattr(section, key)} must be > 0 seconds", key=prefix + key)
     if section.batch_wait_ms < 0:
         raise ConfigError(f"{prefix}batch_wait_ms must be >= 0", key=prefix + "batch_wait_ms")
-
-
-def standardization_of(cfg: RewardStandardization, num_attributes: int) -> Optional[tuple[list, list]]:
-    """``(mean[A], std[A])`` when enabled, else None; a one-line error for a wrong shape or a std <= 0."""
-    if not cfg.enable:
-        return None
-    out = []
-    for name in ("mean", "std"):
-        value = getattr(cfg, name)
-        key = f"model.reward_standardization.{name}"
-        if value is None:
-            raise ConfigError(f"{key} is not set but reward_standardization.enable=True", key=key)
-        values = list(value) if isinstance(value, (list, tuple)) else [value] * num_attributes
-        if len(values) != num_attributes or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ConfigError(f"{key}={value!r}: give one number, or a list of {num_attributes} numbers (one "
-                              "per reward attribute)", key=key)
-        if name == "std" and any(v <= 0 for v in values):
-            raise ConfigError(f"{key}={value!r}: standard deviations must be > 0", key=key)
-        out.append([float(v) for v in values])
-    return out[0], out[1]

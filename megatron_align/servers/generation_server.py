@@ -38,7 +38,7 @@ class GenerationWorker:
 
     def compute(self, payload: dict, prompts: list) -> list[dict]:
         """``payload["params"]``: the request's sampling fields; ``prompts``: token-id lists."""
-        from megatron_align.servers.scoring import token_logprobs_of
+        from megatron_align.scoring.forward import token_logprobs_of
 
         p = payload["params"]
         params = SamplingParams(

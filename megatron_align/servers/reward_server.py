@@ -18,7 +18,8 @@ from typing import Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from megatron_align.servers.config import RMServeConfig, standardization_of
+from megatron_align.scoring.standardize import Standardization, standardization_of
+from megatron_align.servers.config import RMServeConfig
 from megatron_align.servers.http import Text, TokenId
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class RewardWorker:
     """One replica's share of a batch: forward in micro-batches, then standardization."""
 
     def __init__(self, model, tokenizer, num_attributes: int, micro_batch_size: int, max_batch_size: int,
-                 standardization: Optional[tuple[list, list]]):
+                 standardization: Optional[Standardization]):
         self.model = model
         self.tokenizer = tokenizer
         self.num_attributes = num_attributes
@@ -94,15 +95,14 @@ class RewardWorker:
         self.standardization = standardization
 
     def compute(self, _payload: dict, seqs: list) -> list[list[float]]:
-        from megatron_align.servers.scoring import rewards_of
+        from megatron_align.scoring.forward import rewards_of
 
         out: list[list[float]] = []
         for i in range(0, len(seqs), self.max_batch_size):
             out += rewards_of(self.model, seqs[i:i + self.max_batch_size], self.tokenizer.pad_id,
                               self.num_attributes, self.micro_batch_size)
         if self.standardization is not None:
-            mean, std = self.standardization
-            out = [[(r - m) / s for r, m, s in zip(row, mean, std)] for row in out]
+            out = self.standardization.apply(out)
         return out
 
 

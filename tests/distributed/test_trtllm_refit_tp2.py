@@ -3,8 +3,8 @@
 ``workers/trtllm_refit_worker.py`` builds a random tiny GQA Llama GPTModel (norms perturbed away from 1),
 dumps every rank's state dict, runs ``gather.iter_gathered_groups`` (with megatron's global parallel state
 made to raise) and saves megatron's logits; it also drives ``TRTLLMBackend.refit`` / ``generate`` over both
-ranks with the fake engine of tests/unit/test_trtllm_backend.py (rank 0 owns it, each rank sends the entry
-of its own GPU). Here, in one process: the dumped shards go through the pure
+ranks with the fake engine of tests/unit/generation/trtllm/test_backend.py (rank 0 owns it, each rank sends
+the entry of its own GPU). Here, in one process: the dumped shards go through the pure
 ``convert.megatron_shards_to_hf``; the result must equal, bit for bit, what the in-job gather produced on
 each rank, and transformers' ``LlamaForCausalLM`` loaded with it must give megatron's logits (first
 ``vocab_size`` columns, atol 1e-4).

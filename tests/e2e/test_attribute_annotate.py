@@ -1,4 +1,4 @@
-"""``examples/data/steerlm/attribute_annotate.py`` against the real reward server, the seed's "Generate
+"""``examples/nlp/data/steerlm/attribute_annotate.py`` against the real reward server, the seed's "Generate
 Annotations" step: ``serve_reward_model.py ... inference.port=P`` in the background, then
 ``attribute_annotate.py --input-file=... --output-file=... --port=P``.
 
@@ -28,7 +28,7 @@ import torch
 from tests.helpers import ROOT, _clean_env, tiny_llama
 from tests.servers_common import RM_SCRIPT, TEXTS, ServerProcess, free_port, python_cmd
 
-SCRIPT = ROOT / "examples" / "data" / "steerlm" / "attribute_annotate.py"
+SCRIPT = ROOT / "examples" / "nlp" / "data" / "steerlm" / "attribute_annotate.py"
 CONTEXT = 512
 ATTRS = ["quality", "toxicity", "humor", "creativity",
          "helpfulness", "correctness", "coherence", "complexity", "verbosity"]
@@ -212,7 +212,8 @@ def test_server_down_exits_2_after_retries(env, capsys):
                             "--retries=2", "--backoff=0.01"])
     assert line.startswith(f"reward server error: reward server unreachable at 127.0.0.1:{port} ("), line
     assert "refused" in line and line.endswith(
-        f"is examples/serve_reward_model.py running with inference.port={port}? (gave up after 3 tries)")
+        f"is examples/nlp/gpt/serve_reward_model.py running with inference.port={port}? (gave up after 3 "
+        "tries)")
     assert time.monotonic() - t0 < 30 and out.read_bytes() == b""
 
 

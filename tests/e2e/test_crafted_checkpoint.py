@@ -27,10 +27,10 @@ import torch
 from tests.helpers import ROOT, run_in_session
 from tests.servers_common import free_port
 
-GEN = ROOT / "examples" / "megatron_gpt_eval.py"
-RMSERVE = ROOT / "examples" / "serve_reward_model.py"
-SFT = ROOT / "examples" / "train_gpt_sft.py"
-RM = ROOT / "examples" / "train_reward_model.py"
+GEN = ROOT / "examples" / "nlp" / "language_modeling" / "megatron_gpt_eval.py"
+RMSERVE = ROOT / "examples" / "nlp" / "gpt" / "serve_reward_model.py"
+SFT = ROOT / "examples" / "nlp" / "gpt" / "train_gpt_sft.py"
+RM = ROOT / "examples" / "nlp" / "gpt" / "train_reward_model.py"
 
 
 class _Evil:

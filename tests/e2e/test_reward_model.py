@@ -1,4 +1,4 @@
-"""Reward-model training end to end through ``examples/train_reward_model.py``.
+"""Reward-model training end to end through ``examples/nlp/gpt/train_reward_model.py``.
 
 - a regression RM learns NeMo-Aligner's ``test-rm.jsonl`` (loss and validation loss fall);
 - the SteerLM seed's four ``train_reward_model.py`` commands run as written, with only their paths re-rooted
@@ -21,7 +21,7 @@ import torch
 from megatron_align.tokenizers import train_sentencepiece
 from tests.helpers import ROOT, run_in_session
 
-RM = ROOT / "examples" / "train_reward_model.py"
+RM = ROOT / "examples" / "nlp" / "gpt" / "train_reward_model.py"
 FIXTURE = ROOT / "tests" / "data" / "test-rm.jsonl"
 SEED = ROOT / "tests" / "data" / "seed_rm_commands.txt"
 M = -100.0

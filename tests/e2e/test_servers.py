@@ -1,6 +1,6 @@
-"""The HTTP servers end to end: ``examples/megatron_gpt_eval.py server=True`` and
-``examples/serve_reward_model.py``, each started once for the module as a subprocess on a free loopback port
-over tiny checkpoints, with the seed's command-line keys.
+"""The HTTP servers end to end: ``examples/nlp/language_modeling/megatron_gpt_eval.py server=True`` and
+``examples/nlp/gpt/serve_reward_model.py``, each started once for the module as a subprocess on a free
+loopback port over tiny checkpoints, with the seed's command-line keys.
 
 Checked against independent in-process references (tests/naive_generation.py: full-recompute greedy loop and
 full-forward log-softmax; the reward model's own forward): the seed's ``get_answer`` helper works unchanged;

@@ -1,5 +1,5 @@
-"""SFT end to end through ``examples/train_gpt_sft.py``: it learns on NeMo-Aligner's fixture, resumes after a
-SIGKILL exactly, and follows the same loss trajectory at TP=2 and PP=2 as at TP=1."""
+"""SFT end to end through ``examples/nlp/gpt/train_gpt_sft.py``: it learns on NeMo-Aligner's fixture, resumes
+after a SIGKILL exactly, and follows the same loss trajectory at TP=2 and PP=2 as at TP=1."""
 
 import json
 import shutil
@@ -10,7 +10,7 @@ import pytest
 from megatron_align.tokenizers import train_sentencepiece
 from tests.helpers import ROOT, run_in_session, run_ranks
 
-SFT = ROOT / "examples" / "train_gpt_sft.py"
+SFT = ROOT / "examples" / "nlp" / "gpt" / "train_gpt_sft.py"
 FIXTURE = ROOT / "tests" / "data" / "dummy-sft.jsonl"
 
 TINY = ["model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=128",

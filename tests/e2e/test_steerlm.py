@@ -5,10 +5,11 @@ reward model sharing a sentencepiece tokenizer with the extra_id markers).
   (subprocess, free port) print the same greedy answer, which equals an independent full-recompute greedy
   loop (tests/naive_generation.py) on the seed's prompt written out by hand; the Python helper gives the same
   seeded samples through both routes.
-* ``examples/steerlm/bootstrap.py`` runs one round (k=2 samples for 4 prompts, 3 SFT steps): the samples sit
-  after the hand-written generation prompt, every label of the annotated file equals ``rewards_to_label`` of
-  the reward model's own forward on the hand-written regression text, and a fine-tuned checkpoint is saved;
-  a second run skips every step; annotation through the reward server gives the same file.
+* ``examples/nlp/gpt/steerlm/bootstrap.py`` runs one round (k=2 samples for 4 prompts, 3 SFT steps): the
+  samples sit after the hand-written generation prompt, every label of the annotated file equals
+  ``rewards_to_label`` of the reward model's own forward on the hand-written regression text, and a fine-tuned
+  checkpoint is saved; a second run skips every step; annotation through the reward server gives the same
+  file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests import naive_generation as ref
 from tests.helpers import ROOT, _clean_env, tiny_llama
 from tests.servers_common import GEN_SCRIPT, RM_SCRIPT, TEXTS, ServerProcess, free_port, python_cmd
 
-BOOTSTRAP = ROOT / "examples" / "steerlm" / "bootstrap.py"
+BOOTSTRAP = ROOT / "examples" / "nlp" / "gpt" / "steerlm" / "bootstrap.py"
 CONTEXT = 256
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -135,7 +136,7 @@ def test_steer_cli_local_checkpoint_and_server_give_the_same_greedy_answer(ckpts
 
 def test_steer_helper_same_seeded_samples_from_server_and_local(ckpts, servers):
     from megatron_align.generation.build import load_backend
-    from megatron_align.steerlm.steer import steer, steer_batch, steer_sampling
+    from megatron_align.generation.steering import steer, steer_batch, steer_sampling
 
     servers["gen"].wait_ready()
     backend = load_backend(ckpts["policy"], precision="32")
@@ -250,9 +251,9 @@ def test_bootstrap_fine_tunes_a_checkpoint(boot, ckpts):
 
 
 def test_bootstrap_rerun_skips_finished_steps(boot):
+    from megatron_align.algorithms.steerlm import run_bootstrap
     from megatron_align.config import load_config
-    from megatron_align.steerlm.bootstrap import run_bootstrap
-    from megatron_align.steerlm.bootstrap_config import BootstrapConfig, split_overrides
+    from megatron_align.config.stages.steerlm import BootstrapConfig, split_overrides
 
     out = boot["out"]
     files = [out / "samples.jsonl", out / "annotated.jsonl", out / "sft" / "bootstrap_done.json"]
@@ -265,8 +266,8 @@ def test_bootstrap_rerun_skips_finished_steps(boot):
 
 
 def test_annotate_through_the_reward_server_equals_in_process(boot, servers, tmp_path):
-    from megatron_align.steerlm.bootstrap import annotate_step
-    from megatron_align.steerlm.bootstrap_config import AnnotateSection
+    from megatron_align.algorithms.steerlm import annotate_step
+    from megatron_align.config.stages.steerlm import AnnotateSection
 
     servers["rm"].wait_ready()
     out = tmp_path / "annotated_http.jsonl"

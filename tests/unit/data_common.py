@@ -1,4 +1,4 @@
-"""Shared helpers of the tests/unit/test_data_*.py files: tiny tokenizers trained once per process on the
+"""Shared helpers of the tests/unit/data/ files: tiny tokenizers trained once per process on the
 NeMo-Aligner fixtures in tests/data, and a JSONL writer."""
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ class RMModelConfig(ModelConfig):
 
 @dataclass
 class RMConfig(RunConfig):
-    """Top-level schema of ``examples/train_reward_model.py`` (``conf/training_rm.yaml``)."""
+    """Top-level schema of ``examples/nlp/gpt/train_reward_model.py`` (``conf/training_rm.yaml``)."""
 
     name: str = "megatron_gpt"
     trainer: RMTrainerConfig = field(default_factory=RMTrainerConfig)

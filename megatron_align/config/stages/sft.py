@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Union
 
-from megatron_align.config.data import DataConfig
+from megatron_align.config.data import DataConfig, check_data_config
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.model import ModelConfig
 from megatron_align.config.restore import merge_architecture, restored_model_config
@@ -55,7 +55,7 @@ class SFTModelConfig(ModelConfig):
 
 @dataclass
 class SFTConfig(RunConfig):
-    """Top-level schema of ``examples/train_gpt_sft.py`` (``conf/gpt_sft.yaml``)."""
+    """Top-level schema of ``examples/nlp/gpt/train_gpt_sft.py`` (``conf/gpt_sft.yaml``)."""
 
     name: str = "megatron_gpt_sft"
     trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
@@ -76,6 +76,7 @@ class SFTConfig(RunConfig):
         if not ds.file_path:
             raise ConfigError("model.data.train_ds.file_path is not set: give the training JSONL file(s)",
                               key="model.data.train_ds.file_path")
+        check_data_config(self.model.data)  # at load time, before any process starts
         if ds.packed_sequence and pp > 1:
             raise ConfigError("model.data.train_ds.packed_sequence=True with pipeline parallelism: packed "
                               "steps have a varying number of rows; use it with "

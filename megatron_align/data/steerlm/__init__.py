@@ -1,7 +1,7 @@
 """SteerLM data preparation: raw OASST / HelpSteer / HelpSteer2 files -> attribute-conditioned SFT records
 -> regression reward model rows, byte for byte as NeMo-Aligner's ``examples/nlp/data/steerlm`` scripts write.
 
-Pipeline (scripts in ``examples/data/steerlm/``, the SteerLM document's commands plus an input flag)::
+Pipeline (scripts in ``examples/nlp/data/steerlm/``, the SteerLM document's commands plus an input flag)::
 
     preprocess_openassistant_data.py --output_directory=data/oasst --input_file=<oasst trees .jsonl.gz>
     preprocess_helpsteer_data.py --output_directory=data/helpsteer --input_dir=<nvidia/HelpSteer copy>

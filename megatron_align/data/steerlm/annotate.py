@@ -1,7 +1,7 @@
 """SteerLM attribute annotation: a regression reward model's predictions -> each answer's ``label`` string.
 
 What NeMo-Aligner's ``attribute_annotate.py`` does, as reusable logic (the script over HTTP is
-``examples/data/steerlm/attribute_annotate.py``; an in-process scorer works the same way):
+``examples/nlp/data/steerlm/attribute_annotate.py``; an in-process scorer works the same way):
 
 * **which turns**: ``turns="assistant"`` (default) rates every ``Assistant`` turn, labelled or not;
   ``turns="labeled"`` is NeMo-Aligner's rule, every turn whose ``label`` is present and not ``null`` (a

@@ -33,7 +33,7 @@ LIKERT_MAX = 4
 PREFERENCE_STRENGTH = (-3, 3)
 """Range of HelpSteer2-Preference's ``preference_strength``, written as ``quality``."""
 
-_INT = re.compile(r"-?[0-9]+")
+_INT = re.compile(r"[+-]?[0-9]+")
 
 
 class LabelError(ValueError):
@@ -67,6 +67,49 @@ def encode_label(values: Mapping[str, int]) -> str:
     return ",".join(f"{name}:{values[name]}" for name in STEERLM_ATTRIBUTES if name in values)
 
 
+def label_pairs(text: str, strip: bool = False) -> list[tuple[str, str]]:
+    """``"quality:4,toxicity:0"`` -> ``[("quality", "4"), ("toxicity", "0")]``: the one splitter of label
+    strings (a label line, a ``--values`` argument). ``strip`` allows spaces around names and values (what a
+    user types); a label written into data has none."""
+    pairs = []
+    for item in text.split(","):
+        name, sep, raw = item.partition(":")
+        if strip:
+            name, raw = name.strip(), raw.strip()
+        if not item.strip():
+            raise LabelError(f"{text!r}: empty item (write name:value pairs joined by commas, e.g. "
+                             "quality:4,humor:0)")
+        if not sep:
+            raise LabelError(f"{item.strip()!r} is not name:value (a label reads quality:4,toxicity:0,...)")
+        pairs.append((name, raw))
+    return pairs
+
+
+def check_values(pairs, value_range_of=None) -> dict[str, int]:
+    """``[(name, value), ...]`` -> ``{name: int}``: every name known (all unknown ones named at once), none
+    twice, every value an integer (an integer string counts) in ``value_range_of(name)`` (default:
+    ``value_range``, the data's ranges)."""
+    value_range_of = value_range_of or value_range
+    unknown = [str(name) for name, _ in pairs if name not in STEERLM_ATTRIBUTES]
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown)
+        raise LabelError(f"unknown attribute{'s' if len(unknown) > 1 else ''} {names} (expected one of "
+                         f"{', '.join(STEERLM_ATTRIBUTES)})")
+    values: dict[str, int] = {}
+    for name, value in pairs:
+        if name in values:
+            raise LabelError(f"attribute {name!r} appears twice")
+        if isinstance(value, str) and _INT.fullmatch(value):
+            value = int(value)
+        low, high = value_range_of(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LabelError(f"{name}: {value!r} is not an integer (values are integers {low}..{high})")
+        if not low <= value <= high:
+            raise LabelError(f"{name}: value {value} is out of range {low}..{high}")
+        values[name] = value
+    return values
+
+
 def decode_label(text: str) -> dict[str, int]:
     """Parse ``"quality:4,toxicity:0"`` into ``{"quality": 4, "toxicity": 0}``, validating every pair.
 
@@ -77,18 +120,7 @@ def decode_label(text: str) -> dict[str, int]:
         raise LabelError(f"expected a label string, got {type(text).__name__}")
     if not text:
         raise LabelError("empty label (expected name:value pairs such as quality:4,toxicity:0)")
-    values: dict[str, int] = {}
-    for item in text.split(","):
-        name, sep, raw = item.partition(":")
-        if not sep:
-            raise LabelError(f"{item!r} is not name:value (a label reads quality:4,toxicity:0,...)")
-        value_range(name)  # unknown names raise here
-        if name in values:
-            raise LabelError(f"attribute {name!r} appears twice")
-        if not _INT.fullmatch(raw):
-            raise LabelError(f"{name}: value {raw!r} is not an integer")
-        values[name] = check_value(name, int(raw))
-    return values
+    return check_values(label_pairs(text))
 
 
 def label_vector(text: str) -> list[float]:

@@ -92,14 +92,14 @@ def run_layout(tag, tp, pp, out, tok):
 
 
 def backend_refit_and_generate(tag, model, cfg, tp_group, pp_group, gathered, out):
-    """TRTLLMBackend over both ranks with the CPU fakes of tests/unit/test_trtllm_backend.py: rank 0 owns the
-    (fake) engine; each rank sends its own GPU's entry; generate's result reaches both ranks."""
+    """TRTLLMBackend over both ranks with the CPU fakes of tests/unit/generation/trtllm/test_backend.py: rank
+    0 owns the (fake) engine; each rank sends its own GPU's entry; generate's result reaches both ranks."""
     import json
 
     from megatron_align.config.generation import TRTLLMConfig
     from megatron_align.generation.interface import SamplingParams
     from megatron_align.generation.trtllm.backend import TRTLLMBackend
-    from tests.unit.test_trtllm_backend import FakeLLM, fake_handle
+    from tests.unit.generation.trtllm.test_backend import FakeLLM, fake_handle
 
     rank = dist.get_rank()
     llm = FakeLLM(uuids=("GPU-r0", "GPU-r1")) if rank == 0 else None

@@ -1,0 +1,135 @@
+"""The ``megatron-align`` command: one entry point, one sub-command per job.
+
+    megatron-align demo [steerlm] [key=value ...]
+                                                SteerLM end to end on built-in data (the README's job)
+    megatron-align convert --from-hf DIR --out CKPT | --to-hf CKPT --out DIR
+    megatron-align plot RUN_DIR                 PNG curves of a run's logged metrics (RUN_DIR/plots/)
+    megatron-align steer --prompt TEXT [--values quality:4,humor:0,...] --url URL | --checkpoint DIR
+                                                a SteerLM model's answer, steered by attribute values
+    megatron-align version
+
+Sub-commands that take a config accept the seed documents' override syntax (``key=value``, ``++key=value``,
+``~key``); a bad key, type or layout prints one line and exits with status 2. Heavy imports (torch, megatron)
+happen only inside the sub-command, so ``--help`` and config errors are instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _setup_logging() -> None:
+    from megatron_align.log import setup_logging
+
+    setup_logging()
+
+
+def _launch_world_size() -> int:
+    """World size the launcher promised (torchrun / srun), without starting anything."""
+    from megatron_align.distributed.launch import detect_launch_env
+
+    return detect_launch_env().world_size
+
+
+DEMOS = ("steerlm",)
+"""The demos ``megatron-align demo [stage]`` knows; the first is the default."""
+
+
+def demo(argv: list[str]) -> int:
+    """``megatron-align demo [stage]``: load the config (one-line errors), run the demo, print the table."""
+    import warnings
+
+    if argv and "=" not in argv[0] and not argv[0].startswith("-"):
+        stage, argv = argv[0], argv[1:]
+        if stage not in DEMOS:
+            print(f"config error: unknown demo {stage!r}; available: {', '.join(DEMOS)}", file=sys.stderr)
+            return 2
+
+    from megatron_align.config import check_launch_matches, load_config, run_cli
+    from megatron_align.demo.steerlm.config import DemoConfig, with_size_preset
+
+    def main():
+        world = _launch_world_size()
+        cfg = load_config(DemoConfig, None, with_size_preset(argv), help_prog="megatron-align demo",
+                          help_epilog=DEMO_HELP)
+        check_launch_matches(cfg, world)
+        _setup_logging()
+        warnings.filterwarnings("ignore")
+        from megatron_align.demo.steerlm.pipeline import run_demo
+        from megatron_align.distributed.launch import shutdown
+
+        results = run_demo(cfg)
+        shutdown()
+        if _is_rank0():
+            seconds = results["wall_seconds"]
+            precision = results["config"]["precision"]
+            print(f"\nSteerLM demo: requested vs rule-measured attribute values ({seconds:.0f} s, precision "
+                  f"{precision})")
+            print(results["table"], end="")
+            print(f"run directory   {results['run_dir']}  (results.json, table.md, steering.png)")
+        return 0
+
+    return run_cli(main)
+
+
+DEMO_HELP = """Presets: size=tiny (the CI-sized run, about a minute); size=full (default, the README's).
+Output: exp_manager.explicit_log_dir=DIR (default runs/steerlm_demo): data, tokenizer, each stage's
+checkpoints and metrics, results.json, table.md, steering.png."""
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = __doc__.split("\n\n")[1]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print("usage:\n" + usage)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "demo":
+        return demo(rest)
+    if cmd == "convert":
+        from megatron_align.models.hf.cli import convert_main
+
+        return convert_main(rest)
+    if cmd == "steer":
+        from megatron_align.cli.steer import main as steer_main
+
+        return steer_main(rest)
+    if cmd == "plot":
+        plot_usage = ("usage: megatron-align plot RUN_DIR\n  PNG curves of each stage's metrics.jsonl below "
+                      "RUN_DIR (a stage directory, or a run of several: RUN_DIR/plots/<stage>.png)")
+        if rest in (["-h"], ["--help"]):
+            print(plot_usage)
+            return 0
+        if len(rest) != 1:
+            print(plot_usage, file=sys.stderr)
+            return 2
+        from megatron_align.training.plot import plot_run
+
+        try:
+            paths = plot_run(rest[0])
+        except FileNotFoundError as e:
+            print(f"plot error: {e}", file=sys.stderr)
+            return 2
+        for path in paths:
+            print(path)
+        return 0
+    if cmd == "version":
+        if rest:
+            print("usage: megatron-align version   (prints the installed version)")
+            return 0 if rest in (["-h"], ["--help"]) else 2
+        from importlib.metadata import version
+
+        print(version("megatron_align"))
+        return 0
+    print(f"megatron-align: unknown command {cmd!r}\nusage:\n{usage}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
