@@ -43,9 +43,7 @@ from megatron_align.data.steerlm.records import SYSTEM_PROMPT
 if TYPE_CHECKING:
     from megatron_align.generation.interface import GenerationBackend, SamplingParams
 
-DEFAULT_VALUES: OrderedDict[str, int] = OrderedDict([
-    ("quality", 4), ("toxicity", 0), ("humor", 0), ("creativity", 0), ("helpfulness", 4),
-    ("correctness", 4), ("coherence", 4), ("complexity", 4), ("verbosity", 4)])
+DEFAULT_VALUES: OrderedDict[str, int] = OrderedDict(zip(STEERLM_ATTRIBUTES, (4, 0, 0, 0, 4, 4, 4, 4, 4)))
 """The seed's ``values`` (maximum quality; no toxicity, humor or creativity; helpful, correct, coherent,
 complex and verbose): what an attribute the user does not give is set to."""
 VALUE_RANGE = (0, LIKERT_MAX)

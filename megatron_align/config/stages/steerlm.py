@@ -17,6 +17,12 @@ from megatron_align.config.data import ChatPromptTokens
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.loader import CONF_DIR
 
+OASST_ATTRIBUTES: tuple[str, ...] = ("quality", "toxicity", "humor", "creativity")
+"""The OpenAssistant labels SteerLM keeps (``spam``, ``helpfulness``, ``violence``... are dropped)."""
+HELPSTEER_ATTRIBUTES: tuple[str, ...] = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+"""The five HelpSteer / HelpSteer2 ratings."""
+STEERLM_ATTRIBUTES: tuple[str, ...] = OASST_ATTRIBUTES + HELPSTEER_ATTRIBUTES
+"""All nine, in label-string and regression-vector order."""
 FINETUNE_PREFIX = "finetune."
 """Command-line keys with this prefix go to the SFT stage's config."""
 FINETUNE_DEFAULTS = ("model.data.chat=True", "model.data.train_ds.add_eos=False",

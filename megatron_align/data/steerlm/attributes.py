@@ -20,12 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-OASST_ATTRIBUTES: tuple[str, ...] = ("quality", "toxicity", "humor", "creativity")
-"""The OpenAssistant labels SteerLM keeps (``spam``, ``helpfulness``, ``violence``... are dropped)."""
-HELPSTEER_ATTRIBUTES: tuple[str, ...] = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
-"""The five HelpSteer / HelpSteer2 ratings."""
-STEERLM_ATTRIBUTES: tuple[str, ...] = OASST_ATTRIBUTES + HELPSTEER_ATTRIBUTES
-"""All nine, in label-string and regression-vector order."""
+from megatron_align.config.stages.steerlm import (  # noqa: F401 - the names live in the torch-free config
+    HELPSTEER_ATTRIBUTES,
+    OASST_ATTRIBUTES,
+    STEERLM_ATTRIBUTES,
+)
+
 MISSING = -100.0
 """Regression label of an attribute the row does not rate (the loss's mask value)."""
 LIKERT_MAX = 4

@@ -21,6 +21,7 @@ from typing import Optional
 from megatron_align.config import ConfigError, ModelConfig, RunConfig, TrainerConfig, check_batch_sizes
 from megatron_align.config.model import OptimConfig, OptimSchedConfig
 from megatron_align.config.overrides import parse_override
+from megatron_align.config.stages.steerlm import STEERLM_ATTRIBUTES
 
 SIZES: dict[str, tuple[str, ...]] = {
     "full": (),
@@ -33,6 +34,7 @@ SIZES: dict[str, tuple[str, ...]] = {
              "evaluation.num_prompts=4", "evaluation.attributes=[verbosity,helpfulness,toxicity]"),
 }
 """``size`` presets: overrides applied before the command line's (``size=tiny``: the CI run)."""
+
 
 
 @dataclass
@@ -168,9 +170,7 @@ class EvaluationSection:
 
     num_prompts: int = 8
     """Held-out questions per (attribute, value)."""
-    attributes: list = field(default_factory=lambda: ["quality", "toxicity", "humor", "creativity",
-                                                      "helpfulness", "correctness", "coherence",
-                                                      "complexity", "verbosity"])
+    attributes: list = field(default_factory=lambda: list(STEERLM_ATTRIBUTES))
     """Attributes swept (each over 0..4, the others at the seed's default values)."""
     tokens_to_generate: int = 96
     """Longest response in tokens (greedy)."""
@@ -212,8 +212,6 @@ class DemoConfig(RunConfig):
         return dataclasses.replace(self, trainer=trainer)
 
     def validate(self, world_size: int) -> None:
-        from megatron_align.data.steerlm.attributes import STEERLM_ATTRIBUTES
-
         m = self.model
         tp, pp = m.tensor_model_parallel_size, m.pipeline_model_parallel_size
         check_batch_sizes(m.global_batch_size, m.micro_batch_size, world_size // (tp * pp))
