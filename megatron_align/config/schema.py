@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from megatron_align.config.model import ModelConfig
 
@@ -49,6 +49,26 @@ def normalize_precision(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     return _PRECISION_ALIASES.get(value.strip().lower())
+
+
+@dataclass
+class LoopSection:
+    """The step, validation and checkpoint cadence every training stage has (``trainer.<stage>.*``)."""
+
+    max_epochs: int = 1
+    """Passes over the training data; the run stops at whichever of max_epochs / max_steps comes first."""
+    max_steps: int = -1
+    """Optimizer steps; -1 means as many as ``max_epochs`` take."""
+    val_check_interval: int = 100
+    """Validate every this many steps (and at the end)."""
+    save_interval: int = 100
+    """Save a checkpoint every this many steps (and at the end)."""
+    limit_val_batches: Union[int, float] = 1.0
+    """Validation global batches per validation: an int counts batches, a float in (0, 1] is a fraction."""
+    gradient_clip_val: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    max_consecutive_nonfinite: int = 10
+    """Stop after this many steps in a row whose loss or gradients were NaN/Inf (each is skipped)."""
 
 
 @dataclass

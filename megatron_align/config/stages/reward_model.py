@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from megatron_align.config.data import ON_BAD_RECORD
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.model import ModelConfig, OptimConfig, OptimSchedConfig
 from megatron_align.config.restore import merge_architecture as merge_trunk
 from megatron_align.config.restore import restored_model_config
-from megatron_align.config.schema import RunConfig, TrainerConfig
+from megatron_align.config.schema import LoopSection, RunConfig, TrainerConfig
 
 LOSS_FUNCS = ("regression", "regular_bt", "margin_bt", "scaled_bt")
 """Values of ``model.regression.loss_func`` (formulas: ``losses/reward.py``)."""
@@ -40,28 +40,14 @@ REWARD_MODEL_TYPES = ("binary_ranking", "regression")
 
 
 @dataclass
-class RMSection:
+class RMSection(LoopSection):
     """``trainer.rm.*``"""
 
-    max_epochs: int = 1
-    """Passes over the training data; the run stops at whichever of max_epochs / max_steps comes first."""
-    max_steps: int = -1
-    """Optimizer steps; -1 means as many as ``max_epochs`` take."""
-    val_check_interval: int = 100
-    """Validate every this many steps (and at the end)."""
-    save_interval: int = 100
-    """Save a checkpoint every this many steps (and at the end)."""
     train_random_sampler: bool = True
     """Visit the training items in a seeded random order (a new one per epoch); False: file order. With a
     pair loss the unit is the pair, so its two rows stay adjacent either way."""
     val_random_sampler: bool = False
     """Validate on a seeded random selection of validation items instead of the first ones."""
-    limit_val_batches: Union[int, float] = 1.0
-    """Validation global batches per validation: an int counts batches, a float in (0, 1] is a fraction."""
-    gradient_clip_val: float = 1.0
-    """Clip the global gradient norm to this (0 disables)."""
-    max_consecutive_nonfinite: int = 10
-    """Stop after this many steps in a row whose loss or gradients were NaN/Inf (each is skipped)."""
 
 
 @dataclass

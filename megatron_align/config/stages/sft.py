@@ -5,34 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Union
 
 from megatron_align.config.data import DataConfig, check_data_config
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.model import ModelConfig
 from megatron_align.config.restore import merge_architecture, restored_model_config
-from megatron_align.config.schema import RunConfig, TrainerConfig
+from megatron_align.config.schema import LoopSection, RunConfig, TrainerConfig
 from megatron_align.config.validate import check_batch_sizes
 
 
 @dataclass
-class SFTSection:
+class SFTSection(LoopSection):
     """``trainer.sft.*``"""
-
-    max_epochs: int = 1
-    """Passes over the training data; the run stops at whichever of max_epochs / max_steps comes first."""
-    max_steps: int = -1
-    """Optimizer steps; -1 means as many as ``max_epochs`` take."""
-    val_check_interval: int = 100
-    """Validate every this many steps (and at the end)."""
-    save_interval: int = 100
-    """Save a checkpoint every this many steps (and at the end)."""
-    limit_val_batches: Union[int, float] = 1.0
-    """Validation global batches per validation: an int counts batches, a float in (0, 1] is a fraction."""
-    gradient_clip_val: float = 1.0
-    """Clip the global gradient norm to this (0 disables)."""
-    max_consecutive_nonfinite: int = 10
-    """Stop after this many steps in a row whose loss or gradients were NaN/Inf (each is skipped)."""
 
 
 @dataclass
