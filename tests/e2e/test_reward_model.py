@@ -14,6 +14,7 @@ import math
 import random
 import shlex
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,10 +111,16 @@ SIZES = {"trainer.num_nodes": "1", "trainer.devices": "1", "model.global_batch_s
          "trainer.rm.max_steps": "4", "trainer.rm.val_check_interval": "2", "trainer.rm.save_interval": "2"}
 
 
-def _seed_commands() -> list[list[str]]:
-    """The four commands as argv lists (bash's quoting rules: shlex after joining continued lines)."""
-    blocks = SEED.read_text().strip().split("\n\n")
-    return [shlex.split(b.replace("\\\n", " "))[2:] for b in blocks]
+def _seed_commands() -> list[tuple[Path, list[str]]]:
+    """The four commands as (script, argv): the script at its NeMo-Aligner path re-rooted at this repository
+    (``/opt/NeMo-Aligner/examples/nlp/gpt/train_reward_model.py`` -> ``examples/nlp/gpt/...``), the
+    arguments by bash's quoting rules (shlex after joining continued lines)."""
+    out = []
+    for block in SEED.read_text().strip().split("\n\n"):
+        words = shlex.split(block.replace("\\\n", " "))
+        assert words[0] == "python" and "/NeMo-Aligner/examples/" in words[1], words[:2]
+        out.append((ROOT / "examples" / words[1].split("/NeMo-Aligner/examples/", 1)[1], words[2:]))
+    return out
 
 
 def _adapt(argv: list[str], root) -> list[str]:
@@ -175,9 +182,10 @@ def seed_runs(base, tmp_path_factory):
         _seed_data(root)
         _models(root, base)
     out = []
-    for argv, root in zip(commands, roots):
+    for (script, argv), root in zip(commands, roots):
+        assert script == RM and script.is_file()  # the user's path, with only the repository root changed
         args = _adapt(argv, root)
-        proc = _run(args)
+        proc = run_in_session([sys.executable, str(script), *args], None, 600)
         log_dir = next(a.split("=", 1)[1] for a in args if a.startswith("exp_manager.explicit_log_dir="))
         out.append({"argv": argv, "args": args, "proc": proc, "log_dir": log_dir})
     return out

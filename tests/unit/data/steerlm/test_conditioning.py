@@ -77,6 +77,12 @@ def _seed_sft_overrides():
     return out
 
 
+def test_seed_sft_command_names_our_script_at_its_nemo_aligner_path():
+    words = SEED_COMMAND.read_text().split()
+    assert words[:2] == ["python", "examples/nlp/gpt/train_gpt_sft.py"]
+    assert (ROOT / words[1]).is_file()
+
+
 def test_seed_sft_command_loads_with_paths_and_sizes_changed(tmp_path):
     from megatron_align.config import load_config
     from megatron_align.config.model import ModelConfig
