@@ -99,8 +99,11 @@ class ChatRecord:
                 if t.role != self.mask and not (i == 0 and self.type != "TEXT_TO_VALUE")]
 
 
-def parse_chat_record(obj: object, roles: Sequence[str] = ROLES) -> ChatRecord:
-    """Validate a decoded JSON line as a NeMo chat record; ``RecordError(field, problem)`` when it is not."""
+def parse_chat_record(obj: object, roles: Sequence[str] = ROLES, lenient: bool = False) -> ChatRecord:
+    """Validate a decoded JSON line as a NeMo chat record; ``RecordError(field, problem)`` when it is not.
+
+    ``lenient``: what NeMo-Aligner's ``process_to_regression_format.py`` accepts - empty turn texts and an
+    empty conversation, and ``mask`` / ``type`` left unchecked (the regression rows do not use them)."""
     if not isinstance(obj, dict):
         raise RecordError(RECORD_FIELD, f"expected a JSON object, got {json_type(obj)}")
     system = obj.get("system", "")
@@ -109,11 +112,14 @@ def parse_chat_record(obj: object, roles: Sequence[str] = ROLES) -> ChatRecord:
     if not isinstance(system, str):
         raise RecordError("system", f"expected a string, got {json_type(system)}")
     mask = obj.get("mask", "User")
+    ctype = obj.get("type")
+    if lenient:
+        mask = mask if mask in roles else "User"
+        ctype = ctype if ctype in CHAT_TYPES else None
     if not isinstance(mask, str):
         raise RecordError("mask", f"expected a string, got {json_type(mask)}")
     if mask not in roles:
         raise RecordError("mask", f"unknown role {mask!r} (expected {_choices(roles)})")
-    ctype = obj.get("type")
     if ctype is not None and ctype not in CHAT_TYPES:
         shown = repr(ctype) if isinstance(ctype, str) else json_type(ctype)
         raise RecordError("type", f"unknown type {shown} (expected {_choices(CHAT_TYPES)} or null)")
@@ -125,7 +131,7 @@ def parse_chat_record(obj: object, roles: Sequence[str] = ROLES) -> ChatRecord:
     convs = obj["conversations"]
     if not isinstance(convs, list):
         raise RecordError("conversations", f"expected an array of turns, got {json_type(convs)}")
-    if not convs:
+    if not convs and not lenient:
         raise RecordError("conversations", "empty: a conversation needs at least one turn")
     turns = []
     for i, t in enumerate(convs):
@@ -139,7 +145,7 @@ def parse_chat_record(obj: object, roles: Sequence[str] = ROLES) -> ChatRecord:
                 raise RecordError(f"{where}.{key}", f"expected a string, got {json_type(t[key])}")
         if t["from"] not in roles:
             raise RecordError(f"{where}.from", f"unknown role {t['from']!r} (expected {_choices(roles)})")
-        if not t["value"].strip():
+        if not t["value"].strip() and not lenient:
             raise RecordError(f"{where}.value", "empty turn")
         label = t.get("label")
         if label is not None and not isinstance(label, str):

@@ -24,8 +24,8 @@ import os
 from collections.abc import Iterator
 
 from megatron_align.config.data import ChatPromptTokens
-from megatron_align.data.errors import RECORD_FIELD, RecordError
-from megatron_align.data.nemo_chat import ROLES, Turn, chat_prompt, json_type
+from megatron_align.data.errors import RecordError
+from megatron_align.data.nemo_chat import Turn, chat_prompt, parse_chat_record
 from megatron_align.data.steerlm.attributes import LabelError, label_vector
 from megatron_align.data.steerlm.io import read_rows, record_error, write_jsonl
 from megatron_align.data.steerlm.records import SYSTEM_PROMPT
@@ -42,30 +42,10 @@ def regression_text(system: str, turns: list[Turn], index: int,
 
 
 def _turns(record: object) -> tuple[list[Turn], str]:
-    """Validated turns and system of an SFT record (empty turn texts are allowed, as NeMo-Aligner allows)."""
-    if not isinstance(record, dict):
-        raise RecordError(RECORD_FIELD, f"expected a JSON object, got {json_type(record)}")
-    system = record.get("system") or ""
-    if not isinstance(system, str):
-        raise RecordError("system", f"expected a string, got {json_type(system)}")
-    convs = record.get("conversations")
-    if not isinstance(convs, list):
-        raise RecordError("conversations", f"expected an array of turns, got {json_type(convs)}")
-    turns = []
-    for i, t in enumerate(convs):
-        where = f"conversations[{i}]"
-        if not isinstance(t, dict):
-            raise RecordError(where, f"expected an object with from and value, got {json_type(t)}")
-        for key in ("from", "value"):
-            if not isinstance(t.get(key), str):
-                raise RecordError(f"{where}.{key}", f"expected a string, got {json_type(t.get(key))}")
-        if t["from"] not in ROLES:
-            raise RecordError(f"{where}.from", f"unknown role {t['from']!r} (expected {' or '.join(ROLES)})")
-        label = t.get("label")
-        if label is not None and not isinstance(label, str):
-            raise RecordError(f"{where}.label", f"expected a string or null, got {json_type(label)}")
-        turns.append(Turn(t["from"], t["value"], label))
-    return turns, system
+    """Validated turns and system of an SFT record, as leniently as NeMo-Aligner reads them (empty turn
+    texts allowed; ``nemo_chat.parse_chat_record(lenient=True)``)."""
+    parsed = parse_chat_record(record, lenient=True)
+    return list(parsed.turns), parsed.system
 
 
 def regression_rows(record: object, system: str | None = SYSTEM_PROMPT,

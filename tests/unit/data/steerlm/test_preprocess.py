@@ -474,3 +474,19 @@ def test_seed_command_without_an_input_names_the_flag_and_file(tmp_path, capsys,
     assert len(err) == 1 and err[0].startswith("error: ")
     for name in names:
         assert name in err[0]
+
+
+def test_regression_conversion_validates_records_with_the_chat_reader():
+    """process_to_regression_format reads records through nemo_chat.parse_chat_record (one validator),
+    leniently as NeMo-Aligner does: an empty turn text and an unknown mask pass, a bad role does not."""
+    from megatron_align.data.errors import RecordError
+    from megatron_align.data.steerlm.regression import regression_rows
+
+    lenient = {"system": "", "mask": "Human", "conversations": [
+        {"from": "User", "value": ""}, {"from": "Assistant", "value": "ok", "label": "helpfulness:2"}]}
+    assert [r["label"][4] for r in regression_rows(lenient)] == [2.0]
+    bad = {"conversations": [{"from": "Bot", "value": "x"}]}
+    with pytest.raises(RecordError) as err:
+        regression_rows(bad)
+    assert (err.value.field, err.value.problem) == (
+        "conversations[0].from", "unknown role 'Bot' (expected User or Assistant)")
