@@ -49,10 +49,9 @@ def demo(argv: list[str]) -> int:
     from megatron_align.demo.steerlm.config import DemoConfig, with_size_preset
 
     def main():
-        world = _launch_world_size()
         cfg = load_config(DemoConfig, None, with_size_preset(argv), help_prog="megatron-align demo",
-                          help_epilog=DEMO_HELP)
-        check_launch_matches(cfg, world)
+                          help_epilog=DEMO_HELP)  # before any torch import: --help and typos are instant
+        check_launch_matches(cfg, _launch_world_size())
         _setup_logging()
         warnings.filterwarnings("ignore")
         from megatron_align.demo.steerlm.pipeline import run_demo
