@@ -55,11 +55,11 @@ def demo(argv: list[str]) -> int:
         _setup_logging()
         warnings.filterwarnings("ignore")
         from megatron_align.demo.steerlm.pipeline import run_demo
-        from megatron_align.distributed.launch import shutdown
+        from megatron_align.distributed.launch import detect_launch_env, shutdown
 
         results = run_demo(cfg)
         shutdown()
-        if _is_rank0():
+        if detect_launch_env().rank == 0:
             seconds = results["wall_seconds"]
             precision = results["config"]["precision"]
             print(f"\nSteerLM demo: requested vs rule-measured attribute values ({seconds:.0f} s, precision "
@@ -74,12 +74,6 @@ def demo(argv: list[str]) -> int:
 DEMO_HELP = """Presets: size=tiny (the CI-sized run, about a minute); size=full (default, the README's).
 Output: exp_manager.explicit_log_dir=DIR (default runs/steerlm_demo): data, tokenizer, each stage's
 checkpoints and metrics, results.json, table.md, steering.png."""
-
-
-def _is_rank0() -> bool:
-    import os
-
-    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
 
 
 def main(argv: list[str] | None = None) -> int:

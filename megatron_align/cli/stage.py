@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -29,10 +28,6 @@ def _resolve(target: str | Callable) -> Callable:
         return target
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
 
 
 def stage_main(schema: type, conf: Optional[str], argv: list[str], run: str | Callable,
@@ -49,7 +44,7 @@ def stage_main(schema: type, conf: Optional[str], argv: list[str], run: str | Ca
             from megatron_align.distributed.launch import detect_launch_env
 
             check_launch_matches(cfg, detect_launch_env().world_size)
-        from megatron_align.distributed.launch import shutdown
+        from megatron_align.distributed.launch import detect_launch_env, shutdown
         from megatron_align.log import setup_logging
 
         setup_logging()
@@ -57,7 +52,7 @@ def stage_main(schema: type, conf: Optional[str], argv: list[str], run: str | Ca
             result = _resolve(run)(cfg)
         finally:
             shutdown()
-        if report is not None and _rank() == 0:
+        if report is not None and detect_launch_env().rank == 0:
             report(cfg, result)
         return result if isinstance(result, int) and not isinstance(result, bool) else 0
 

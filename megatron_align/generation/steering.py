@@ -77,7 +77,7 @@ def parse_values(values: Values = None) -> OrderedDict[str, int]:
             raise SteerError(f"values: expected 'name:value,...' or a mapping, got {type(values).__name__}")
         given = check_values(pairs, _steering_range)
     except LabelError as e:
-        raise SteerError(f"values: {e}" if str(e).startswith("'") else str(e)) from None
+        raise SteerError(str(e)) from None
     return OrderedDict((name, given.get(name, DEFAULT_VALUES[name])) for name in STEERLM_ATTRIBUTES)
 
 
