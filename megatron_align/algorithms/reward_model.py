@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,8 +29,6 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from megatron_align.config import ConfigError
-from megatron_align.config.schema import run_dir_of
 from megatron_align.config.stages.reward_model import RMConfig, merge_architecture, split_files
 from megatron_align.data.steerlm.attributes import STEERLM_ATTRIBUTES
 from megatron_align.distributed.launch import compute_device
@@ -154,48 +151,31 @@ def run_reward_model(cfg: RMConfig) -> dict:
     from megatron.core import parallel_state as ps
 
     from megatron_align.data.reward import collate_rm
-    from megatron_align.distributed import start
     from megatron_align.models.checkpoint import read_model_config
-    from megatron_align.models.reward import build_reward_model, load_reward_weights
-    from megatron_align.tokenizers import load_tokenizer, load_tokenizer_from_dir
-    from megatron_align.training.checkpointing import CheckpointManager
-    from megatron_align.training.lr import apply_lr, lr_at
-    from megatron_align.training.metrics import MetricsWriter
-    from megatron_align.training.run import kill_hook, validation_microbatches
+    from megatron_align.models.reward import build_reward_model
+    from megatron_align.training.run import (
+        StepOutcome,
+        build_trainee,
+        start_run,
+        train_loop,
+        validation_microbatches,
+    )
     from megatron_align.training.sampler import GlobalBatchSampler, total_steps
-    from megatron_align.training.setup import prepare_for_training
-    from megatron_align.training.step import NonFiniteError, evaluate, train_step
+    from megatron_align.training.step import evaluate, train_step
 
-    m, rm, em = cfg.model, cfg.trainer.rm, cfg.exp_manager
-    env = start(m.tensor_model_parallel_size, m.pipeline_model_parallel_size, seed=m.seed)
-    run_dir = run_dir_of(cfg)
-    rank0 = env.rank == 0
+    m, rm = cfg.model, cfg.trainer.rm
     restore = cfg.restore_path()
-
-    # --- model config and tokenizer: from the restored checkpoint when there is one ---
-    if restore:
-        model_cfg = merge_architecture(m, read_model_config(restore))
-        tokenizer_dir = Path(restore) / "tokenizer"
-        tokenizer = load_tokenizer_from_dir(str(tokenizer_dir))
-    else:
-        if not m.tokenizer.model:
-            raise ConfigError("model.tokenizer.model is not set (and no "
-                              "pretrained_checkpoint.restore_from_path to take it from)",
-                              key="model.tokenizer.model")
-        tokenizer = load_tokenizer(m.tokenizer.library, m.tokenizer.model)
-        model_cfg = dataclasses.replace(m, vocab_size=m.vocab_size or tokenizer.vocab_size,
-                                        num_attributes=m.regression.num_attributes)
-        if rank0:
-            tokenizer.save(str(run_dir / "tokenizer"))
-        torch.distributed.barrier()
-        tokenizer_dir = run_dir / "tokenizer"
-    seq_len = m.data.seq_length or model_cfg.encoder_seq_length
-    pp = m.pipeline_model_parallel_size
-    pad_len = seq_len if pp > 1 else None  # pipeline stages exchange fixed [S, B, H] shapes
+    run = start_run(cfg, restore, "pretrained_checkpoint.restore_from_path",
+                    lambda path: merge_architecture(m, read_model_config(path)),
+                    lambda tok: dataclasses.replace(m, vocab_size=m.vocab_size or tok.vocab_size,
+                                                    num_attributes=m.regression.num_attributes))
+    seq_len = m.data.seq_length or run.model_cfg.encoder_seq_length
+    pad_len = seq_len if m.pipeline_model_parallel_size > 1 else None  # pipeline: fixed [S, B, H] shapes
+    pad_id = run.tokenizer.pad_id
 
     # --- data: items are rows (regression) or pairs; batch sizes count rows (regression) or pairs ---
     obj = Objective(cfg)
-    train_ds, val_sets = build_rm_datasets(cfg, tokenizer, seq_len, obj)
+    train_ds, val_sets = build_rm_datasets(cfg, run.tokenizer, seq_len, obj)
     gbs, mbs = m.global_batch_size // obj.rows_per_item, m.micro_batch_size // obj.rows_per_item
     rows_per_mb = m.micro_batch_size * (2 if m.reward_model_type == "binary_ranking" else 1)
     dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
@@ -203,89 +183,59 @@ def run_reward_model(cfg: RMConfig) -> dict:
                                  shuffle=rm.train_random_sampler)
     max_steps = total_steps(len(train_ds), gbs, rm.max_epochs, rm.max_steps)
 
-    # --- model, optimizer, restore or resume ---
-    model = build_reward_model(model_cfg, precision=cfg.trainer.precision)
-    ddp, optimizer = prepare_for_training(model, m.optim, cfg.trainer.precision,
-                                          clip_grad=rm.gradient_clip_val)
-    params = em.checkpoint_callback_params
-    ckpts = CheckpointManager(run_dir, save_top_k=params.save_top_k, monitor=params.monitor, mode=params.mode)
-    state = ckpts.resume(model, optimizer) if em.resume_if_exists else None
-    if state is None and restore:
-        load_reward_weights(restore, model, load_head=m.regression.load_rm_head_weights)
-        optimizer.reload_model_params()  # fp32 master weights from the restored weights
-    state = state or {"step": 0, "consumed_samples": 0, "nonfinite_steps": 0}
-    step, consumed = int(state["step"]), int(state["consumed_samples"])  # consumed: rows / pairs, as NeMo
-
-    metrics = MetricsWriter(run_dir, enabled=rank0, total_steps=max_steps, start_step=step, desc="rm",
-                            tensorboard=em.create_tensorboard_logger, wandb=em.create_wandb_logger,
-                            wandb_kwargs=dict(em.wandb_logger_kwargs), config={"max_steps": max_steps})
+    model = build_reward_model(run.model_cfg, precision=cfg.trainer.precision)
+    load_head = m.regression.load_rm_head_weights
+    trainee = build_trainee(cfg, run, model, rm,
+                            partial(_restore_weights, restore, load_head) if restore else None)
     vcfg = SimpleNamespace(global_batch_size=gbs, micro_batch_size=mbs)
-    val_batches = {}
-    for name, ds in val_sets.items():
-        ds = _Shuffled(ds, m.seed) if rm.val_random_sampler else ds
-        val_batches[name] = validation_microbatches(ds, rm.limit_val_batches, vcfg, dp_rank, dp,
-                                                    tokenizer.pad_id, pad_len, collate_rm)
+    val_batches = {name: validation_microbatches(_Shuffled(ds, m.seed) if rm.val_random_sampler else ds,
+                                                 rm.limit_val_batches, vcfg, dp_rank, dp, pad_id, pad_len,
+                                                 collate_rm)
+                   for name, ds in val_sets.items()}
     fwd = partial(rm_forward_step, obj.loss)
 
-    def validate(row: dict) -> None:
+    def step_fn(consumed: int) -> StepOutcome:  # consumed: rows / pairs, as NeMo counts them
+        microbatches = [collate_rm([train_ds[i] for i in ix], pad_id, pad_len)
+                        for ix in sampler.microbatches(consumed // obj.rows_per_item)]
+        res = train_step(trainee.ddp, trainee.optimizer, microbatches, seq_len, rows_per_mb,
+                         forward_step_func=fwd)
+        vec = obj.reduce(res.sums)
+        empty = res.num_tokens == 0  # every label cell of the global batch missing: nothing to learn
+        return StepOutcome(res, tokens=_global_tokens(microbatches),
+                           samples=rows_per_mb * len(microbatches) * dp, empty=empty,
+                           row={"empty_batch": int(empty), **obj.metrics(vec)})
+
+    def validate() -> dict:
+        row = {}
         for name, batches in val_batches.items():
             prefix = "val_" if name == "validation" else f"{name}_"
-            loss, sums = evaluate(ddp, batches, seq_len, rows_per_mb, forward_step_func=fwd)
+            loss, sums = evaluate(trainee.ddp, batches, seq_len, rows_per_mb, forward_step_func=fwd)
             row[f"{prefix}loss"] = loss
             row.update(obj.metrics(obj.reduce(sums), prefix))
+        return row
 
-    summary: dict = {"run_dir": str(run_dir), "resumed_from_step": step, "losses": {}, "val": {}}
-    consecutive_bad = int(state.get("consecutive_nonfinite", 0))
-    train_time, tokens_seen, rows_seen = 0.0, 0.0, 0  # throughput counts training steps only
-    try:
-        while step < max_steps:
-            t0 = time.perf_counter()
-            lr = lr_at(step, m.optim, max_steps)
-            apply_lr(optimizer, lr)
-            microbatches = [collate_rm([train_ds[i] for i in ix], tokenizer.pad_id, pad_len)
-                            for ix in sampler.microbatches(consumed // obj.rows_per_item)]
-            res = train_step(ddp, optimizer, microbatches, seq_len, rows_per_mb, forward_step_func=fwd)
-            vec = obj.reduce(res.sums)
-            step += 1
-            consumed += m.global_batch_size
-            tokens = torch.tensor([float(sum(int(b["lengths"].sum()) for b in microbatches))],
-                                  device=compute_device())
-            torch.distributed.all_reduce(tokens, group=ps.get_data_parallel_group())
-            tokens_seen += float(tokens)
-            rows_seen += rows_per_mb * len(microbatches) * dp
-            train_time += time.perf_counter() - t0
-            empty = res.num_tokens == 0  # every label cell of the global batch missing: nothing to learn
-            bad = res.skipped and not empty
-            consecutive_bad = consecutive_bad + 1 if bad else 0
-            state["nonfinite_steps"] = int(state.get("nonfinite_steps", 0)) + int(bad)
-            if consecutive_bad >= rm.max_consecutive_nonfinite:
-                raise NonFiniteError(
-                    f"{consecutive_bad} steps in a row had NaN/Inf loss or gradients (last at step {step}): "
-                    "lower model.optim.lr, check the data, or raise trainer.rm.max_consecutive_nonfinite")
-            loss = 0.0 if empty else res.loss
-            row = {"loss": loss, "lr": lr, "grad_norm": res.grad_norm, "skipped": int(bad),
-                   "empty_batch": int(empty), "consumed_samples": consumed,
-                   "tokens_per_s": tokens_seen / train_time, "samples_per_s": rows_seen / train_time,
-                   **obj.metrics(vec)}
-            summary["losses"][step] = loss
-            if val_batches and (step % rm.val_check_interval == 0 or step == max_steps):
-                validate(row)
-                summary["val"][step] = {k: v for k, v in row.items() if k.startswith("val")}
-            metrics.log(step, row)
-            metrics.progress(step, loss=loss, lr=lr, tok_s=row["tokens_per_s"])
-            if step % rm.save_interval == 0 or step == max_steps:
-                train_state = {"step": step, "consumed_samples": consumed,
-                               "epoch": consumed // (len(train_ds) * obj.rows_per_item),
-                               "nonfinite_steps": state["nonfinite_steps"],
-                               "consecutive_nonfinite": consecutive_bad}
-                path = ckpts.save(step, model, model_cfg, tokenizer_dir, optimizer, train_state,
-                                  {"val_loss": row.get("val_loss"), "loss": loss})
-                summary["last_checkpoint"] = str(path)
-                kill_hook(step)
-    finally:
-        metrics.close()
-    if rank0 and summary.get("last_checkpoint") and params.save_nemo_on_train_end:
-        _link_final(ckpts.dir, Path(summary["last_checkpoint"]), em.name or cfg.name)
-    summary["steps"] = step
+    summary = train_loop(cfg, run, trainee, stage="rm", loop=rm, max_steps=max_steps,
+                         global_batch_size=m.global_batch_size, step_fn=step_fn,
+                         validate=validate if val_batches else None,
+                         epoch_of=lambda c: c // (len(train_ds) * obj.rows_per_item))
+    params = cfg.exp_manager.checkpoint_callback_params
+    if run.rank0 and summary.get("last_checkpoint") and params.save_nemo_on_train_end:
+        _link_final(trainee.ckpts.dir, Path(summary["last_checkpoint"]), cfg.exp_manager.name or cfg.name)
     summary["data_report"] = train_ds.report(logger)
     return summary
+
+
+def _global_tokens(microbatches: list) -> float:
+    """Tokens of this step's global batch (this rank's micro-batches, summed over data-parallel ranks)."""
+    from megatron.core import parallel_state as ps
+
+    tokens = torch.tensor([float(sum(int(b["lengths"].sum()) for b in microbatches))],
+                          device=compute_device())
+    torch.distributed.all_reduce(tokens, group=ps.get_data_parallel_group())
+    return float(tokens)
+
+
+def _restore_weights(path: str, load_head: bool, model) -> None:
+    from megatron_align.models.reward import load_reward_weights
+
+    load_reward_weights(path, model, load_head=load_head)

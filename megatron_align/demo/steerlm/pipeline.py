@@ -84,6 +84,11 @@ def _precision(cfg) -> str:
     return str(cfg.trainer.precision)
 
 
+def _val_losses(summary: dict) -> dict:
+    """``{step: val_loss}`` of an SFT run's summary."""
+    return {step: val["val_loss"] for step, val in summary["val"].items()}
+
+
 def _checkpoint(summary: dict, stage: str) -> Path:
     if not summary.get("last_checkpoint"):
         raise RuntimeError(f"the {stage} stage saved no checkpoint")
@@ -268,7 +273,7 @@ def run_demo(cfg) -> dict:
     summary = run_sft(st.base_model_config(cfg, paths.file("base_train"), paths.file("base_val"),
                                            paths.tokenizer / "tokenizer.model", run / "base_model"))
     base = _checkpoint(summary, "base model")
-    p.done("base_model", checkpoint=str(base), val_loss=summary["val_losses"])
+    p.done("base_model", checkpoint=str(base), val_loss=_val_losses(summary))
 
     p.header(2, f"SteerLM step 1: regression reward model (9 attributes), {cfg.reward_model.max_steps} steps")
     rm_cfg = st.reward_model_config(cfg, paths.file("train_reg"), paths.file("val_reg"), base,
@@ -292,7 +297,7 @@ def run_demo(cfg) -> dict:
     summary = run_sft(st.finetune_config(cfg, cfg.ac_sft, paths.file("ac_sft_annotated"), paths.file("val"),
                                          base, run / "ac_sft"))
     ac_sft = _checkpoint(summary, "attribute-conditioned SFT")
-    p.done("ac_sft", checkpoint=str(ac_sft), val_loss=summary["val_losses"])
+    p.done("ac_sft", checkpoint=str(ac_sft), val_loss=_val_losses(summary))
 
     b = cfg.bootstrap
     p.header(5, f"SteerLM step 4: bootstrap ({b.num_prompts} questions x {b.samples_per_prompt} samples at "
@@ -314,7 +319,7 @@ def run_demo(cfg) -> dict:
                                          run / "bootstrap" / "sft"))
     final = _checkpoint(summary, "bootstrap fine-tuning")
     p.done("bootstrap", checkpoint=str(final), samples=len(samples), dropped=dropped, replayed=len(replay),
-           val_loss=summary["val_losses"])
+           val_loss=_val_losses(summary))
 
     p.header(6, f"steering evaluation: {len(cfg.evaluation.attributes)} attributes x 5 values x "
                 f"{cfg.evaluation.num_prompts} held-out questions")

@@ -75,13 +75,15 @@ def _sft_loop(stage) -> list[str]:
 
 
 def _sft_data(cfg, val_file) -> list[str]:
+    """The SFT data keys; rows are fixed-length (``pad_to_max_length``), as when the demo's table was
+    recorded (dynamic padding changes the float sums' order, and with them the sampled text)."""
     m = cfg.model
     seq = m.encoder_seq_length
     out = ["model.data.chat=true"]
     for split in ("train_ds", "validation_ds"):
         out += [f"model.data.{split}.max_seq_length={seq}", f"model.data.{split}.micro_batch_size="
                 f"{m.micro_batch_size}", f"model.data.{split}.global_batch_size={m.global_batch_size}",
-                f"model.data.{split}.add_eos=false"]
+                f"model.data.{split}.add_eos=false", f"model.data.{split}.pad_to_max_length=true"]
     return out + [f"model.data.validation_ds.file_path={_value(str(val_file))}"]
 
 
