@@ -26,6 +26,7 @@ policy, so it is for one round).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -91,13 +92,9 @@ def sample_record(system: str, history: list[Turn], user: str, response: str, la
     return {"conversations": convs, "system": system, "mask": USER, "type": CHAT_TYPE}
 
 
-def sampling_params(s: SampleSection, seed: int):
-    from megatron_align.generation.interface import SamplingParams
-
-    params = SamplingParams(greedy=s.greedy, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                            repetition_penalty=s.repetition_penalty, tokens_to_generate=s.tokens_to_generate,
-                            min_tokens_to_generate=s.min_tokens_to_generate, end_strings=list(s.end_strings),
-                            add_BOS=s.add_BOS, random_seed=seed, compute_logprob=False)
+def sampling_params(s: SampleSection, seed: Optional[int]):
+    """The sampling settings of ``sample.*`` with ``random_seed`` ``seed``; ``ConfigError`` naming the key."""
+    params = dataclasses.replace(s.sampling(), random_seed=seed)
     try:
         params.validate()
     except ValueError as e:
@@ -136,7 +133,7 @@ def sample_step(prompts_file, output, s: SampleSection, checkpoint=None, seed: O
     from megatron_align.generation.text import clean_response
 
     label = max_quality_label(s.values)
-    params = sampling_params(s, s.seed if seed is None else seed)
+    params = sampling_params(s, s.random_seed if seed is None else seed)
     items = []
     for number, record in read_rows(prompts_file):
         try:
@@ -298,7 +295,7 @@ def run_bootstrap(cfg: BootstrapConfig, finetune_overrides: list[str]) -> list[d
         raise ConfigError("sample.url serves one fixed policy: with rounds > 1 each round samples from the "
                           "previous round's checkpoint, in process (leave sample.url out)", key="sample.url")
     max_quality_label(cfg.sample.values)
-    sampling_params(cfg.sample, cfg.sample.seed)
+    sampling_params(cfg.sample, cfg.sample.random_seed)
     check_scorer_source(cfg.annotate)
     sft_config(cfg.prompts, cfg.sft_checkpoint, round_paths(cfg.output_dir, 1)["sft"], finetune_overrides)
     policy, summaries = Path(cfg.sft_checkpoint), []
@@ -307,7 +304,8 @@ def run_bootstrap(cfg: BootstrapConfig, finetune_overrides: list[str]) -> list[d
         summary: dict = {"round": r, "policy": str(policy)}
         if finished_checkpoint(p["sft"]) is None:
             if not p["samples"].is_file():
-                summary |= sample_step(cfg.prompts, p["samples"], cfg.sample, policy, cfg.sample.seed + r - 1)
+                seed = None if cfg.sample.random_seed is None else cfg.sample.random_seed + r - 1
+                summary |= sample_step(cfg.prompts, p["samples"], cfg.sample, policy, seed)
             if not annotation_complete(p["samples"], p["annotated"]):
                 scorer = make_scorer(cfg.annotate)
                 annotate_step(p["samples"], p["annotated"], cfg.annotate, scorer.score)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megatron_align.config.sampling import SamplingParams
 from megatron_align.generation.steering import END_STRING, SteerError
 
 
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--checkpoint", help="attribute-conditioned SFT checkpoint directory (in process)")
     p.add_argument("--tokens-to-generate", type=int, default=None,
                    help="most tokens to generate (default: --checkpoint: as many as the model's context "
-                        "leaves after the prompt, a larger value is cut to that with a note; --url: 512)")
+                        "leaves after the prompt, a larger value is cut to that with a note; --url: "
+                        f"{SamplingParams().tokens_to_generate}, the shared default)")
     p.add_argument("--min-tokens-to-generate", type=int, default=0)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--greedy", action="store_true", help="argmax decoding (the default)")
@@ -96,7 +98,7 @@ def main(argv: list[str]) -> int:
                     "random_seed": args.seed, "end_strings": args.end_string or [END_STRING]}
         if not greedy:
             sampling.update(top_k=args.top_k or 0, top_p=args.top_p or 0.0)
-        params = steer_sampling(args.tokens_to_generate or 512, greedy=greedy, **sampling)
+        params = steer_sampling(args.tokens_to_generate, greedy=greedy, **sampling)
         if args.url is not None:
             answer = steer(args.prompt, values, url=args.url, sampling=params, system=args.system,
                            raw=args.raw, timeout=args.timeout)

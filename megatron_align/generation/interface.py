@@ -1,51 +1,24 @@
 """The generation interface every iterative stage and the HTTP server call.
 
-``SamplingParams`` carries the knobs NeMo users know (same names as NeMo's ``inference.*`` and
-``PUT /generate`` fields). ``GenerationBackend.generate`` takes prompts as strings or token-id lists and
-returns, per sample, the prompt+response token ids, lengths, the per-token log-probs of the generated tokens
-and ``is_end`` (stopped by eos or an end string rather than by the length limit).
+``SamplingParams`` (``config/sampling.py``, re-exported here) carries the knobs NeMo users know (same names
+as NeMo's ``inference.*`` and ``PUT /generate`` fields). ``GenerationBackend.generate`` takes prompts as
+strings or token-id lists and returns, per sample, the prompt+response token ids, lengths, the per-token
+log-probs of the generated tokens and ``is_end`` (stopped by eos or an end string rather than by the length
+limit).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 
+from megatron_align.config.sampling import SamplingParams
 
-@dataclass
-class SamplingParams:
-    """Sampling settings (NeMo names). ``greedy=True`` ignores temperature/top_k/top_p."""
-
-    greedy: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 0.0  # 0.0 or 1.0: off
-    repetition_penalty: float = 1.0
-    tokens_to_generate: int = 64  # NeMo: length_params.max_length
-    min_tokens_to_generate: int = 0  # NeMo: length_params.min_length
-    end_strings: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
-    add_BOS: bool = False
-    random_seed: Optional[int] = None
-    compute_logprob: bool = True
-
-    def validate(self) -> None:
-        """Raise ValueError naming the field for out-of-range values."""
-        if self.temperature <= 0 and not self.greedy:
-            raise ValueError("temperature: must be > 0 (or set greedy=True)")
-        if self.top_k < 0:
-            raise ValueError("top_k: must be >= 0")
-        if not 0.0 <= self.top_p <= 1.0:
-            raise ValueError("top_p: must be in [0, 1]")
-        if self.repetition_penalty <= 0:
-            raise ValueError("repetition_penalty: must be > 0")
-        if self.tokens_to_generate < 0:
-            raise ValueError("tokens_to_generate: must be >= 0")
-        if not 0 <= self.min_tokens_to_generate <= max(self.tokens_to_generate, 0):
-            raise ValueError("min_tokens_to_generate: must be in [0, tokens_to_generate]")
+__all__ = ["GenerationBackend", "GenerationOutput", "Prompts", "SamplingParams"]
 
 
 @dataclass

@@ -98,13 +98,15 @@ def steer_prompt(user_text: str, values: Values = None, system: Optional[str] = 
                        label=label)
 
 
-def steer_sampling(tokens_to_generate: int = 512, greedy: bool = True, **kwargs) -> SamplingParams:
-    """``SamplingParams`` with the seed's request defaults: greedy, ``top_k=1``, ``end_strings`` the turn
-    marker, no log-probs; ``kwargs`` override any field."""
+def steer_sampling(tokens_to_generate: Optional[int] = None, greedy: bool = True, **kwargs) -> SamplingParams:
+    """``SamplingParams`` of the seed's steering request: greedy, ``top_k=1``, ``end_strings`` the turn marker
+    (the rest, and ``tokens_to_generate`` when None, the shared defaults); ``kwargs`` override any field."""
     from megatron_align.generation.interface import SamplingParams
 
-    fields = {"top_k": 1 if greedy else 0, "end_strings": [END_STRING], "compute_logprob": False} | kwargs
-    params = SamplingParams(greedy=greedy, tokens_to_generate=tokens_to_generate, **fields)
+    fields = {"top_k": 1 if greedy else 0, "end_strings": [END_STRING]} | kwargs
+    if tokens_to_generate is not None:
+        fields["tokens_to_generate"] = tokens_to_generate
+    params = SamplingParams(greedy=greedy, **fields)
     try:
         params.validate()
     except ValueError as e:

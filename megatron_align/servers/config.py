@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from megatron_align.config import ConfigError, TrainerConfig
+from megatron_align.config.sampling import SamplingParams
 
 
 @dataclass
@@ -27,32 +28,9 @@ class ServeTrainerConfig(TrainerConfig):
 
 
 @dataclass
-class InferenceParams:
+class InferenceParams(SamplingParams):
     """``inference.*`` of ``megatron_gpt_eval.py``: sampling settings of the offline ``prompts`` mode (the
-    server takes them from each request instead)."""
-
-    greedy: bool = False
-    """Greedy decoding (argmax); otherwise sample with temperature / top_k / top_p."""
-    top_k: int = 0
-    """Keep only the k most likely tokens when sampling (0: off)."""
-    top_p: float = 0.9
-    """Nucleus sampling: keep the most likely tokens whose probabilities add up to top_p (1.0: off)."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    add_BOS: bool = True
-    """Put the bos token before each prompt."""
-    tokens_to_generate: int = 30
-    """Maximum number of generated tokens per prompt."""
-    all_probs: bool = False
-    """Also return the log-probabilities of the whole vocabulary at every position (``full_logprob``)."""
-    repetition_penalty: float = 1.2
-    """Divide the logits of already present tokens by this (1.0: off)."""
-    min_tokens_to_generate: int = 0
-    """Generate at least this many tokens before eos may end a sample."""
-    compute_logprob: bool = False
-    """Return the log-probability of every token given the tokens before it (``logprob``)."""
-    end_strings: list = field(default_factory=lambda: ["<|endoftext|>"])
-    """Stop a sample once its text ends with one of these (eos always stops it)."""
+    server takes them from each request instead). Keys and defaults: ``config/sampling.py``."""
 
 
 @dataclass

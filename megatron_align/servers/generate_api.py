@@ -1,9 +1,11 @@
 """``PUT /generate``: NeMo's request fields and response fields, request checks, and response building.
 
-Request (NeMo's ``text_generation_server`` names and defaults): ``sentences`` (required, 1..N strings),
-``tokens_to_generate`` 64, ``greedy`` false, ``temperature`` 1.0, ``top_k`` 0, ``top_p`` 0.9,
-``repetition_penalty`` 1.0, ``add_BOS`` false, ``end_strings`` ["<|endoftext|>"], ``min_tokens_to_generate``
-0, ``compute_logprob`` false, ``random_seed`` null, ``all_probs`` false. Unknown fields are refused (a
+Request (NeMo's ``text_generation_server`` names): ``sentences`` (required, 1..N strings) and the sampling
+fields with the defaults every stage shares (``config/sampling.py``: ``tokens_to_generate`` 64, ``greedy``
+false, ``temperature`` 1.0, ``top_k`` 0, ``top_p`` 0 (off), ``repetition_penalty`` 1.0, ``add_BOS`` false,
+``end_strings`` ["<|endoftext|>", "<extra_id_1>"], ``min_tokens_to_generate`` 0, ``compute_logprob`` false,
+``random_seed`` null, ``all_probs`` false; NeMo's server defaults differ in ``top_p`` 0.9,
+``repetition_penalty`` 1.2 and ``end_strings`` ["<|endoftext|>"]). Unknown fields are refused (a
 misspelt ``max_tokens`` would otherwise be silently ignored).
 
 Response, one entry per sentence: ``sentences`` (prompt + generated text; it starts with the prompt exactly
@@ -21,31 +23,37 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from megatron_align.config.docgen import field_docs
+from megatron_align.config.sampling import MAX_SEED, SamplingParams
 from megatron_align.generation.text import sentence_of
-from megatron_align.servers.http import MAX_SEED, RequestError, Text
+from megatron_align.servers.http import RequestError, Text
+
+_D = SamplingParams()  # the one set of sampling defaults (config/sampling.py)
+_DOCS = field_docs(SamplingParams)
 
 
 class GenerateRequest(BaseModel):
-    """The body of ``PUT /generate``."""
+    """The body of ``PUT /generate`` (defaults: ``config/sampling.SamplingParams``)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     sentences: list[Text] = Field(min_length=1, description="Prompts, one per sample.")
-    tokens_to_generate: int = Field(64, ge=0, description="Maximum number of tokens generated per prompt.")
-    all_probs: bool = Field(False, description="Also return full_logprob (vocabulary-wide log-probs).")
-    temperature: float = Field(1.0, gt=0.0, le=100.0, description="Sampling temperature.")
-    add_BOS: bool = Field(False, description="Put the bos token before each prompt.")
-    greedy: bool = Field(False, description="Argmax decoding (ignores temperature, top_k, top_p).")
-    top_k: int = Field(0, ge=0, le=2**31 - 1, description="Sample among the k most likely tokens (0: off).")
-    top_p: float = Field(0.9, ge=0.0, le=1.0, description="Nucleus sampling mass (1.0: off).")
-    repetition_penalty: float = Field(1.0, ge=1.0,
-                                      description="Penalty on already present tokens (1.0: off).")
-    end_strings: list[Text] = Field(default_factory=lambda: ["<|endoftext|>"],
-                                   description="A sample stops once its text ends with one of these.")
-    min_tokens_to_generate: int = Field(0, ge=0, description="Tokens generated before eos may stop a sample.")
-    compute_logprob: bool = Field(False, description="Return logprob for every token after the first.")
-    random_seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Seed of the sampling; such a "
-                                       "request runs alone, so its samples do not depend on others.")
+    tokens_to_generate: int = Field(_D.tokens_to_generate, ge=0, description=_DOCS["tokens_to_generate"])
+    all_probs: bool = Field(_D.all_probs, description="Also return full_logprob (vocabulary-wide log-probs).")
+    temperature: float = Field(_D.temperature, gt=0.0, le=100.0, description=_DOCS["temperature"])
+    add_BOS: bool = Field(_D.add_BOS, description=_DOCS["add_BOS"])
+    greedy: bool = Field(_D.greedy, description=_DOCS["greedy"])
+    top_k: int = Field(_D.top_k, ge=0, le=2**31 - 1, description=_DOCS["top_k"])
+    top_p: float = Field(_D.top_p, ge=0.0, le=1.0, description=_DOCS["top_p"])
+    repetition_penalty: float = Field(_D.repetition_penalty, ge=1.0, description=_DOCS["repetition_penalty"])
+    end_strings: list[Text] = Field(default_factory=lambda: list(_D.end_strings),
+                                   description=_DOCS["end_strings"])
+    min_tokens_to_generate: int = Field(_D.min_tokens_to_generate, ge=0,
+                                        description=_DOCS["min_tokens_to_generate"])
+    compute_logprob: bool = Field(_D.compute_logprob, description="Return logprob for every token after the "
+                                  "first.")
+    random_seed: Optional[int] = Field(_D.random_seed, ge=0, le=MAX_SEED, description="Seed of the sampling; "
+                                       "such a request runs alone, so its samples do not depend on others.")
 
 
 class GenerateResponse(BaseModel):

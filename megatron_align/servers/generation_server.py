@@ -145,7 +145,7 @@ def _offline(cfg: GPTEvalConfig, worker: GenerationWorker, ch, layout) -> None:
     inf = cfg.inference
     fields = {k: getattr(inf, k) for k in ("greedy", "top_k", "top_p", "temperature", "add_BOS",
                                            "tokens_to_generate", "all_probs", "repetition_penalty",
-                                           "min_tokens_to_generate", "compute_logprob")}
+                                           "min_tokens_to_generate", "compute_logprob", "random_seed")}
     try:
         req = GenerateRequest.model_validate(
             {"sentences": list(cfg.prompts), "end_strings": list(inf.end_strings), **fields}, strict=False)

@@ -21,7 +21,6 @@ from pydantic import AfterValidator, Field
 
 logger = logging.getLogger(__name__)
 
-MAX_SEED = 2**63 - 1
 """Largest ``random_seed`` (torch's generators take a signed 64-bit seed)."""
 
 

@@ -24,9 +24,9 @@ pytestmark = pytest.mark.distributed
 transformers = pytest.importorskip("transformers")
 
 NEW = 10
-GREEDY = dict(greedy=True, tokens_to_generate=NEW, end_strings=[])
+GREEDY = dict(greedy=True, tokens_to_generate=NEW, end_strings=[], compute_logprob=True)
 SAMPLED = dict(greedy=False, temperature=0.9, top_p=0.9, random_seed=7, tokens_to_generate=NEW,
-               end_strings=[])
+               end_strings=[], compute_logprob=True)
 CASES = [
     {"name": "lean_left", "engine": "lean", "padding": "left", "use_kv_cache": True, "params": GREEDY},
     {"name": "lean_right", "engine": "lean", "padding": "right", "use_kv_cache": True, "params": GREEDY},

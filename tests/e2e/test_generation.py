@@ -67,7 +67,7 @@ def _backend(model, tokenizer=None, **kw):
 
 
 def _params(**kw) -> SamplingParams:
-    base = dict(greedy=True, tokens_to_generate=12, end_strings=[])
+    base = dict(greedy=True, tokens_to_generate=12, end_strings=[], compute_logprob=True)
     base.update(kw)
     return SamplingParams(**base)
 

@@ -178,7 +178,7 @@ def boot(ckpts, tmp_path_factory):
     args = ["rounds=1", f"prompts={prompts}", f"sft_checkpoint={ckpts['policy']}", f"output_dir={d / 'out'}",
             f"annotate.rm_checkpoint={ckpts['rm']}", "annotate.batch_size=3", "annotate.precision=32",
             "sample.k=2",
-            "sample.tokens_to_generate=8", "sample.values=verbosity:2", "sample.seed=3",
+            "sample.tokens_to_generate=8", "sample.values=verbosity:2", "sample.random_seed=3",
             "finetune.trainer.precision=32", "finetune.trainer.sft.max_steps=3",
             "finetune.trainer.sft.max_epochs=2", "finetune.model.data.train_ds.global_batch_size=4",
             "finetune.model.data.train_ds.micro_batch_size=2", "finetune.model.optim.lr=1e-3",

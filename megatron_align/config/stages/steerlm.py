@@ -16,6 +16,7 @@ from typing import Optional
 from megatron_align.config.data import ChatPromptTokens
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.loader import CONF_DIR
+from megatron_align.config.sampling import SamplingParams
 
 OASST_ATTRIBUTES: tuple[str, ...] = ("quality", "toxicity", "humor", "creativity")
 """The OpenAssistant labels SteerLM keeps (``spam``, ``helpfulness``, ``violence``... are dropped)."""
@@ -39,8 +40,9 @@ END_STRING = ChatPromptTokens().turn_start
 (attribute-conditioned SFT trains it)."""
 
 @dataclass
-class SampleSection:
-    """``sample.*``: how responses are drawn from the attribute-conditioned SFT model."""
+class SampleSection(SamplingParams):
+    """``sample.*``: how responses are drawn from the attribute-conditioned SFT model (the sampling keys:
+    ``config/sampling.py``; round r of the bootstrap loop uses ``random_seed + r - 1`` when it is set)."""
 
     k: int = 4
     """Responses per prompt."""
@@ -49,26 +51,6 @@ class SampleSection:
     (maximum quality, the point of the step); unset attributes take the seed's values."""
     system: Optional[str] = None
     """System prompt for every prompt; None: each record's own (the SteerLM one when the record has none)."""
-    tokens_to_generate: int = 256
-    """Longest response in tokens."""
-    min_tokens_to_generate: int = 0
-    """Tokens generated before a response may end."""
-    greedy: bool = False
-    """Argmax decoding (all k responses then equal); sampling otherwise."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    top_k: int = 0
-    """Sample among the k most likely tokens (0: off)."""
-    top_p: float = 0.0
-    """Nucleus sampling mass (0 or 1: off)."""
-    repetition_penalty: float = 1.0
-    """Penalty on already generated tokens (1: off)."""
-    end_strings: list[str] = field(default_factory=lambda: [END_STRING])
-    """A response ends once it ends with one of these (removed from the text, with the newline before)."""
-    add_BOS: bool = False
-    """Put the bos token before each prompt."""
-    seed: int = 1234
-    """Sampling seed (round r of the loop uses ``seed + r - 1``)."""
     url: Optional[str] = None
     """A running generation server (``http://host:port``) serving the policy, instead of loading it here."""
     max_batch_size: int = 8

@@ -182,7 +182,7 @@ def stage_bootstrap_samples(p: Pipeline, policy: Path) -> tuple[list[dict], int]
         sample_record,
         sampling_params,
     )
-    from megatron_align.config.stages.steerlm import SampleSection
+    from megatron_align.config.stages.steerlm import END_STRING, SampleSection
     from megatron_align.data.steerlm.records import SYSTEM_PROMPT
     from megatron_align.demo.world import random_targets, steering_prompts
     from megatron_align.generation.build import load_backend
@@ -193,7 +193,8 @@ def stage_bootstrap_samples(p: Pipeline, policy: Path) -> tuple[list[dict], int]
     questions = steering_prompts(b.num_prompts, seed + 1)  # the evaluation uses ``seed``: disjoint streams
     labels = [max_quality_label(encode_labels(dict(random_targets(rng), quality=4))) for _ in questions]
     section = SampleSection(k=b.samples_per_prompt, temperature=b.temperature, top_k=b.top_k,
-                            tokens_to_generate=b.tokens_to_generate, seed=seed)
+                            tokens_to_generate=b.tokens_to_generate, end_strings=[END_STRING],
+                            random_seed=seed)
     params = sampling_params(section, seed)
     prompts = [generation_prompt(SYSTEM_PROMPT, [], q, label) for q, label in zip(questions, labels)
                for _ in range(b.samples_per_prompt)]

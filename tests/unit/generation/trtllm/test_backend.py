@@ -43,7 +43,7 @@ def trtllm_greedy(kw) -> bool:
 def test_sampling_params_map_to_trtllm_names():
     kw = sampling.trtllm_sampling_kwargs(
         SamplingParams(temperature=0.7, top_k=0, top_p=0.0, repetition_penalty=1.0, tokens_to_generate=9,
-                       end_strings=["<extra_id_1>"], random_seed=5), end_id=2, pad_id=0)
+                       end_strings=["<extra_id_1>"], random_seed=5, compute_logprob=True), end_id=2, pad_id=0)
     assert set(kw) <= TRTLLM_SAMPLING_FIELDS
     assert kw["temperature"] == 0.7 and kw["top_k"] is None and kw["top_p"] is None  # NeMo "off" -> None
     assert not trtllm_greedy(kw)  # top_p=0.0 would have meant greedy to TensorRT-LLM
@@ -201,7 +201,8 @@ def test_refit_sends_every_tensor_once_in_buckets_then_finalizes(megatron_single
 def test_generate_maps_params_and_outputs(tmp_path):
     llm = FakeLLM()
     backend = _backend(tiny_llama(), llm, tmp_path)
-    out = backend.generate([[1, 4], [3]], SamplingParams(temperature=0.5, tokens_to_generate=3, top_k=0))
+    out = backend.generate([[1, 4], [3]], SamplingParams(temperature=0.5, tokens_to_generate=3, top_k=0,
+                                                              compute_logprob=True))
     (ids, sp), = llm.generated
     assert ids == [[1, 4], [3]] and sp["temperature"] == 0.5 and sp["top_k"] is None and sp["max_tokens"] == 3
     assert out.tokens.tolist() == [[1, 4, 5, 6, 7], [3, 4, 5, 6, 0]] and out.lengths.tolist() == [5, 4]
