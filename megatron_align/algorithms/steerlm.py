@@ -36,6 +36,7 @@ from typing import Optional
 
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.stages.steerlm import (
+    END_STRING,
     AnnotateSection,
     BootstrapConfig,
     SampleSection,
@@ -93,8 +94,12 @@ def sample_record(system: str, history: list[Turn], user: str, response: str, la
 
 
 def sampling_params(s: SampleSection, seed: Optional[int]):
-    """The sampling settings of ``sample.*`` with ``random_seed`` ``seed``; ``ConfigError`` naming the key."""
-    params = dataclasses.replace(s.sampling(), random_seed=seed)
+    """The sampling settings of ``sample.*`` with ``random_seed`` ``seed`` and the chat template's next-turn
+    marker among the end strings (an answer ends where the model starts the next turn); ``ConfigError``
+    naming the key."""
+    params = s.sampling()
+    params = dataclasses.replace(params, random_seed=seed,
+                                 end_strings=list(dict.fromkeys([*params.end_strings, END_STRING])))
     try:
         params.validate()
     except ValueError as e:

@@ -7,8 +7,8 @@ embeds them by subclassing (``inference.tokens_to_generate``, ``sample.tokens_to
 one default and one doc line everywhere; the HTTP request schema takes its defaults from here too.
 
 The defaults sample from the model's own distribution (temperature 1, no top-k / top-p / repetition penalty),
-as alignment stages need (their log-probs are then those of the policy); they stop at the end-of-text string
-and at the chat template's next-turn marker ``<extra_id_1>`` (NeMo-Aligner's pair).
+as alignment stages need (their log-probs are then those of the policy), and stop at eos. Chat stages add
+their template's end-of-turn marker to ``end_strings`` themselves (SteerLM: ``<extra_id_1>``).
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ class SamplingParams:
     """Maximum number of generated tokens per prompt (NeMo-Aligner: ``length_params.max_length``)."""
     min_tokens_to_generate: int = 0
     """Generate at least this many tokens before eos may end a sample (``length_params.min_length``)."""
-    end_strings: list[str] = field(default_factory=lambda: ["<|endoftext|>", "<extra_id_1>"])
-    """Stop a sample once its text ends with one of these (eos always stops it)."""
+    end_strings: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
+    """Stop a sample once its text ends with one of these (eos always stops it; ``<|endoftext|>`` means eos,
+    so the default needs no tokenizer)."""
     add_BOS: bool = False
     """Put the bos token before each prompt."""
     random_seed: Optional[int] = None

@@ -53,6 +53,12 @@ class GenerationBackend(abc.ABC):
     """Backend-independent generation. Collective across the model's TP/PP ranks: every rank calls
     ``generate`` with the same prompts and params and receives the same output."""
 
+    name: str = "backend"
+    """The engine's short name (rollout provenance)."""
+    logprob_kind: str = "raw"
+    """What ``GenerationOutput.logprobs`` holds when the settings transform the distribution: ``raw``
+    (log-softmax of the model's logits) or ``sampling`` (of the distribution sampled from)."""
+
     @abc.abstractmethod
     def generate(self, prompts: Prompts, params: SamplingParams) -> GenerationOutput:
         """Generate continuations for ``prompts`` (strings need a tokenizer attached)."""

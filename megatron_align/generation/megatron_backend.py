@@ -78,6 +78,9 @@ class MegatronGenerationBackend(GenerationBackend):
                          it supports the model, else megatron)
     """
 
+    name = "megatron"
+    logprob_kind = "raw"  # log_softmax of the raw logits (module docstring)
+
     def __init__(self, model, tokenizer=None, *, tp_group=None, pp_group=None, max_batch_size: int = 8,
                  max_sequence_length: Optional[int] = None, vocab_size: Optional[int] = None,
                  eos_id: Optional[int] = None, pad_id: Optional[int] = None, use_kv_cache: bool = True,

@@ -3,10 +3,9 @@
 Request (NeMo's ``text_generation_server`` names): ``sentences`` (required, 1..N strings) and the sampling
 fields with the defaults every stage shares (``config/sampling.py``: ``tokens_to_generate`` 64, ``greedy``
 false, ``temperature`` 1.0, ``top_k`` 0, ``top_p`` 0 (off), ``repetition_penalty`` 1.0, ``add_BOS`` false,
-``end_strings`` ["<|endoftext|>", "<extra_id_1>"], ``min_tokens_to_generate`` 0, ``compute_logprob`` false,
-``random_seed`` null, ``all_probs`` false; NeMo's server defaults differ in ``top_p`` 0.9,
-``repetition_penalty`` 1.2 and ``end_strings`` ["<|endoftext|>"]). Unknown fields are refused (a
-misspelt ``max_tokens`` would otherwise be silently ignored).
+``end_strings`` ["<|endoftext|>"], ``min_tokens_to_generate`` 0, ``compute_logprob`` false, ``random_seed``
+null, ``all_probs`` false; NeMo's server defaults differ in ``top_p`` 0.9 and ``repetition_penalty`` 1.2).
+Unknown fields are refused (a misspelt ``max_tokens`` would otherwise be silently ignored).
 
 Response, one entry per sentence: ``sentences`` (prompt + generated text; it starts with the prompt exactly
 as sent, so ``sentence[len(prompt):]`` is the generated text), ``tokens`` (the text of each token),

@@ -430,3 +430,34 @@ def test_engine_choice_and_config_errors(models):
     with pytest.raises(ValueError, match="padding"):
         _backend(model, padding="middle")
     assert _backend(model, use_kv_cache=False).lean is None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# rollouts (generation/rollout.py) on the real backend
+# ------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_rollout_logprobs_are_the_policys_and_seeds_reproduce(models):
+    import dataclasses
+
+    from megatron_align.generation.rollout import rollout
+
+    model, _, tok = models("llama")
+    backend = _backend(model, tok, max_batch_size=4)
+    prompts = ["w1 w2 w3", "w4 w5", "w7 w8 w9 w10"]
+    params = SamplingParams(random_seed=5, compute_logprob=True, tokens_to_generate=6, end_strings=[])
+    first = rollout(backend, prompts, 3, params, checkpoint="ckpt")
+    again = rollout(backend, prompts, 3, params, checkpoint="ckpt")
+    other = rollout(backend, prompts, 3, dataclasses.replace(params, random_seed=6))
+    assert [r.response_ids for r in first] == [r.response_ids for r in again]  # same seed, same rollout
+    assert [r.response_ids for r in first] != [r.response_ids for r in other]
+    assert len({tuple(r.response_ids) for r in first if r.prompt_index == 0}) > 1  # n draws, not copies
+    assert [r.provenance.seed for r in first] == [5] * 4 + [6] * 4 + [7]  # 9 rows in batches of 4
+    for r in first:
+        assert r.provenance.logprob == "raw" and len(r.logprobs) == len(r.response_ids) >= 1
+        assert r.finished or len(r.response_ids) == 6  # stopped at eos, or cut by the length limit
+        ids = tok.text_to_ids(r.prompt) + r.response_ids
+        logits = model(torch.tensor([ids]), torch.arange(len(ids)).unsqueeze(0), None)  # [1, T, V]
+        lp = torch.log_softmax(logits.float(), -1)[0, :-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+        p = len(ids) - len(r.response_ids)
+        torch.testing.assert_close(torch.tensor(r.logprobs), lp[p - 1:], atol=1e-5, rtol=0)
+        assert r.response == tok.ids_to_text(ids)[len(tok.ids_to_text(ids[:p])):]

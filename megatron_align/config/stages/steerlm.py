@@ -42,7 +42,8 @@ END_STRING = ChatPromptTokens().turn_start
 @dataclass
 class SampleSection(SamplingParams):
     """``sample.*``: how responses are drawn from the attribute-conditioned SFT model (the sampling keys:
-    ``config/sampling.py``; round r of the bootstrap loop uses ``random_seed + r - 1`` when it is set)."""
+    ``config/sampling.py``; the next-turn marker ``<extra_id_1>`` always ends an answer, besides
+    ``end_strings``; round r of the bootstrap loop uses ``random_seed + r - 1`` when it is set)."""
 
     k: int = 4
     """Responses per prompt."""

@@ -109,6 +109,12 @@ class TRTLLMBackend(GenerationBackend):
     engine, ``tensorrt_llm.SamplingParams``, the CUDA IPC handle maker and this GPU's UUID.
     """
 
+    name = "trtllm"
+    # TensorRT-LLM's sampler reports the log-prob of each token under the distribution it sampled from
+    # (after temperature / top-k / top-p); not verified on a GPU here. Rollouts that need the policy's raw
+    # log-probs under transformed settings recompute them with scoring.forward.token_logprobs_of.
+    logprob_kind = "sampling"
+
     def __init__(
         self,
         hf_dir: str | os.PathLike,
