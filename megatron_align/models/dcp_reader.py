@@ -72,6 +72,10 @@ _ALLOWED_GLOBALS = {
     ("torch.serialization", "_get_layout"),  # maps a layout's name to a torch.layout, nothing else
     ("megatron.core.dist_checkpointing.strategies.torch", "MCoreMetadata"),
     ("megatron.core.dist_checkpointing.strategies.torch", "MCoreSavePlan"),
+    # torch's own DCP writer (NeMo 2.x, plain ``dcp.save``) records ``StorageMeta.checkpoint_id`` as a path:
+    # rebuilding one joins strings, no file is touched
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
 }
 
 

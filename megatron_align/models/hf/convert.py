@@ -17,7 +17,6 @@ renamed into place when complete.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -31,6 +30,13 @@ from typing import Optional
 import torch
 
 from megatron_align.config.model import ModelConfig
+from megatron_align.models.conversion import (
+    check_layout,
+    load_full_state,
+    prepare_out,
+    single_process_tp1,
+    tp1,
+)
 from megatron_align.models.hf import config_map, layout, weights_gpt2, weights_llama
 from megatron_align.models.hf.errors import HFConversionError
 
@@ -178,64 +184,6 @@ def megatron_to_hf_state(
 # ------------------------------------------------------------------------------------------------------------
 # in-process megatron
 # ------------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _single_process_tp1(seed: int):
-    """TP=1/PP=1 parallel state for the conversion; torn down afterwards only if this call set it up."""
-    from megatron_align.distributed import shutdown, start
-
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        raise HFConversionError("conversion runs in a single process; launch it without torchrun/srun")
-    owned = not torch.distributed.is_initialized()
-    start(1, 1, seed=seed)
-    try:
-        yield
-    finally:
-        if owned:
-            shutdown()
-
-
-def _tp1(cfg: ModelConfig) -> ModelConfig:
-    return dataclasses.replace(cfg, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
-                               sequence_parallel=False)
-
-
-def _load_into(model, mc_state: Mapping[str, torch.Tensor]) -> None:
-    """Copy a full local-spec megatron state dict into ``model`` (TP=1), checking names and shapes."""
-    own = model.state_dict()
-    state = layout.match_names(mc_state, own.keys())
-    for name, tensor in state.items():
-        if name in own and tuple(own[name].shape) != tuple(tensor.shape):
-            raise HFConversionError(
-                f"tensor {name}: checkpoint shape {tuple(tensor.shape)} but config.json implies "
-                f"{tuple(own[name].shape)}; config.json and the weights disagree"
-            )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    if missing or unexpected:
-        raise RuntimeError(
-            f"weight map does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-
-
-def _check_layout(cfg: ModelConfig, tp: int, pp: int) -> None:
-    if tp < 1 or pp < 1:
-        raise HFConversionError(f"tp={tp}, pp={pp}: both must be >= 1")
-    if cfg.num_attention_heads % tp or cfg.query_groups() % tp:
-        raise HFConversionError(
-            f"tp={tp} must divide num_attention_heads={cfg.num_attention_heads} and "
-            f"num_query_groups={cfg.query_groups()}"
-        )
-    if cfg.num_layers % pp:
-        raise HFConversionError(f"pp={pp} must divide num_layers={cfg.num_layers}")
-
-
-def _prepare_out(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise HFConversionError(
-            f"{out_dir}: exists and is not empty; choose a new directory or pass --overwrite"
-        )
-
-
 def import_hf(
     hf_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -257,9 +205,9 @@ def import_hf(
     hf = read_hf_config(hf_dir)
     cfg = config_map.model_config_from_hf(hf, source=str(hf_dir / CONFIG_FILE))
     model_type = hf["model_type"]
-    _check_layout(cfg, tp, pp)
+    check_layout(cfg, tp, pp, HFConversionError)
     precision_dtype(precision)  # validate before the slow part
-    _prepare_out(out_dir, overwrite)
+    prepare_out(out_dir, overwrite, HFConversionError)
     hf_state = read_hf_state_dict(hf_dir)
     mc_state = hf_to_megatron_state(hf_state, cfg, model_type)
     del hf_state
@@ -277,9 +225,10 @@ def import_hf(
                            hf_dir, copied)
         cfg.tokenizer.model = None  # filled from the checkpoint's tokenizer/ when restoring
         cfg.tokenizer.type = hf.get("_name_or_path") or None
-        with _single_process_tp1(seed):
-            model = build_gpt_model(_tp1(cfg), precision=precision)
-            _load_into(model, mc_state)
+        with single_process_tp1(seed, HFConversionError):
+            model = build_gpt_model(tp1(cfg), precision=precision)
+            load_full_state(model, layout.match_names(mc_state, model.state_dict().keys()), CONFIG_FILE,
+                            HFConversionError)
             del mc_state
             saved_cfg = dataclasses.replace(cfg, tensor_model_parallel_size=tp,
                                             pipeline_model_parallel_size=pp)
@@ -325,10 +274,10 @@ def export_hf(
     cfg = read_model_config(ckpt_dir)
     model_type = model_type or config_map.default_model_type(cfg)
     hf_config = config_map.hf_config_from_model(cfg, model_type, dtype, _token_ids(ckpt_dir / "tokenizer"))
-    _prepare_out(out_dir, overwrite)
+    prepare_out(out_dir, overwrite, HFConversionError)
 
-    with _single_process_tp1(cfg.seed):
-        model = build_gpt_model(_tp1(cfg), precision="32")
+    with single_process_tp1(cfg.seed, HFConversionError):
+        model = build_gpt_model(tp1(cfg), precision="32")
         load_checkpoint(ckpt_dir, model)
         mc_state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
         del model
