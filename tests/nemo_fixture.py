@@ -157,6 +157,7 @@ def nemo_tensors(kind: str, hf_dir: Path, padded_vocab: int, layernorm1p: bool =
 
 
 _TP_AXIS = {
+    "rm_head.weight": 1,
     "word_embeddings.weight": 0,
     "output_layer.weight": 0,
     "linear_qkv.weight": 1,
@@ -232,13 +233,24 @@ def make_nemo(
     tarball: bool = True,
     layernorm1p: bool = False,
     dtype=torch.float32,
+    rm_attributes: int = 0,
 ) -> tuple[Path, Path]:
-    """``(nemo path, HF source directory)``: a ``llama`` or ``gpt2`` model saved as NeMo would at ``tp``."""
+    """``(nemo path, HF source directory)``: a ``llama`` or ``gpt2`` model saved as NeMo would at ``tp``;
+    ``rm_attributes`` > 0 makes it a NeMo-Aligner regression reward model (``model.rm_head.weight [A, H]``,
+    ``.bias [A]``, seeded; the unused LM head kept, as NeMo-Aligner saves it)."""
     root.mkdir(parents=True, exist_ok=True)
     hf_dir = make_hf(kind, root)
     spm = _spm(root)
     padded = -(-SPM_VOCAB // (128 * tp)) * (128 * tp)
-    tensors = {k: v.to(dtype) for k, v in nemo_tensors(kind, hf_dir, padded, layernorm1p).items()}
+    tensors = nemo_tensors(kind, hf_dir, padded, layernorm1p)
+    if rm_attributes:
+        g = torch.Generator().manual_seed(11)
+        tensors["model.rm_head.weight"] = torch.randn(rm_attributes, 64, generator=g) * 0.2
+        tensors["model.rm_head.bias"] = torch.randn(rm_attributes, generator=g)
+        tensors.setdefault(
+            "model.output_layer.weight", tensors["model.embedding.word_embeddings.weight"].clone()
+        )
+    tensors = {k: v.to(dtype) for k, v in tensors.items()}
     stage = root / f"stage_{kind}_{backend}"
     weights = stage / "model_weights"
     weights.mkdir(parents=True)
@@ -273,7 +285,7 @@ def make_nemo(
         "global_batch_size": 8,
         "tensor_model_parallel_size": tp,
         "pipeline_model_parallel_size": 1,
-        "encoder_seq_length": 64,
+        "encoder_seq_length": 256 if kind == "llama" else 64,
         "max_position_embeddings": "${.encoder_seq_length}",
         "num_layers": 2,
         "hidden_size": 64,
@@ -308,6 +320,14 @@ def make_nemo(
         "target": "nemo.collections.nlp.models.language_modeling.megatron_gpt_model.MegatronGPTModel",
         "nemo_version": "1.23.0",
     }
+    if rm_attributes:
+        cfg.update(
+            reward_model_type="regression",
+            regression={"num_attributes": rm_attributes, "loss_func": "regression"},
+            share_embeddings_and_output_weights=False,
+            target="nemo_aligner.models.nlp.gpt.megatron_gpt_regression_reward_model."
+            "MegatronGPTRegressionRewardModel",
+        )
     (stage / "model_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     if not tarball:
         return stage, hf_dir

@@ -3,6 +3,8 @@
     megatron-align demo [steerlm] [key=value ...]
                                                 SteerLM end to end on built-in data (the README's job)
     megatron-align convert --from-hf DIR --out CKPT | --to-hf CKPT --out DIR
+    megatron-align convert --from-nemo X.nemo --out CKPT | --to-nemo CKPT --out X.nemo
+                                                Hugging Face / NeMo checkpoints in and out
     megatron-align plot RUN_DIR                 PNG curves of a run's logged metrics (RUN_DIR/plots/)
     megatron-align steer --prompt TEXT [--values quality:4,humor:0,...] --url URL | --checkpoint DIR
                                                 a SteerLM model's answer, steered by attribute values
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "demo":
         return demo(rest)
     if cmd == "convert":
-        from megatron_align.models.hf.cli import convert_main
+        from megatron_align.cli.convert import convert_main
 
         return convert_main(rest)
     if cmd == "steer":

@@ -4,8 +4,9 @@
                report=report_losses("sft"))
 
 1. ``load_config(schema, conf/<yaml>, argv)``: the schema's defaults, then the YAML, then ``key=value``
-   overrides; ``--help`` prints every key with its default and exits 0; a bad key, type or layout is one line
-   and exit status 2 (``run_cli``).
+   overrides (a checkpoint key naming a ``.nemo`` first points at its imported copy: ``nemo_paths.py``);
+   ``--help`` prints every key with its default and exits 0; a bad key, type or layout is one line and exit
+   status 2 (``run_cli``).
 2. ``check(cfg)`` (optional), and for a config with a ``trainer`` section the launcher's process count
    against ``trainer.num_nodes * trainer.devices`` - all before any heavy import, so a typo fails at once.
 3. Logging set up, then ``run(cfg)`` (given as ``"module:function"`` so torch and megatron are imported only
@@ -36,8 +37,10 @@ def stage_main(schema: type, conf: Optional[str], argv: list[str], run: str | Ca
     """Run one stage from its command line (module docstring); returns the exit status."""
 
     def inner() -> int:
-        cfg = load_config(schema, CONF_DIR / conf if conf else None, argv, validate=validate,
-                          help_epilog=help_epilog, help_prog=help_prog)
+        from megatron_align.cli.nemo_paths import convert_nemo_paths
+
+        cfg = load_config(schema, CONF_DIR / conf if conf else None, convert_nemo_paths(argv),
+                          validate=validate, help_epilog=help_epilog, help_prog=help_prog)
         if check is not None:
             check(cfg)
         if validate and hasattr(cfg, "trainer"):

@@ -221,9 +221,9 @@ DAMAGE = {"common_pt": (_common_pt, "common.pt: refusing to unpickle"),
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damaged_checkpoint_is_one_line(ckpts, tmp_path, damage, capsys):
+    from megatron_align.cli.convert import convert_main
     from megatron_align.models.checkpoint import CheckpointError, load_checkpoint, read_model_config
     from megatron_align.models.gpt import build_gpt_model
-    from megatron_align.models.hf.cli import convert_main
 
     make, needle = DAMAGE[damage]
     marker = tmp_path / "marker"

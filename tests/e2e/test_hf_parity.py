@@ -224,7 +224,7 @@ def test_bf16_import_and_export(converted, tmp_path):
 
 
 def test_cli_round_trip_gpt2(converted, tmp_path):
-    from megatron_align.models.hf.cli import convert_main
+    from megatron_align.cli.convert import convert_main
 
     hf_dir, _, ref = converted("gpt2")
     assert convert_main(["--from-hf", str(hf_dir), "--out", str(tmp_path / "ckpt")]) == 0

@@ -94,3 +94,143 @@ def test_import_export_import_is_bit_exact(imported, case, tmp_path):
     assert sorted(first) == sorted(second)
     for key, tensor in first.items():
         assert second[key].dtype == tensor.dtype and torch.equal(second[key], tensor), key
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the seed documents' command lines with .nemo paths (converted once into the cache, then run as usual)
+# ------------------------------------------------------------------------------------------------------------
+def test_sft_restores_from_a_nemo_tarball_and_learns(imported, tmp_path):
+    import json
+    import sys
+
+    from tests.e2e.test_sft import FIXTURE, SFT
+    from tests.helpers import run_in_session
+
+    nemo, _, _, _ = imported("llama-zarr-tp2-tar")
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    args = [
+        f"model.restore_from_path={nemo}",
+        "model.data.chat=True",
+        f"model.data.train_ds.file_path={FIXTURE}",
+        f"model.data.validation_ds.file_path={FIXTURE}",
+        "trainer.precision=32",
+        "trainer.sft.max_steps=12",
+        "trainer.sft.val_check_interval=12",
+        "trainer.sft.save_interval=12",
+        "trainer.sft.max_epochs=100",
+        "model.data.train_ds.max_seq_length=256",
+        "model.data.validation_ds.max_seq_length=256",
+        "model.data.train_ds.micro_batch_size=2",
+        "model.data.train_ds.global_batch_size=4",
+        "model.data.validation_ds.micro_batch_size=2",
+        "model.data.validation_ds.global_batch_size=4",
+        "model.optim.lr=3e-3",
+        "model.optim.sched.name=Constant",
+        "exp_manager.create_tensorboard_logger=False",
+        f"exp_manager.explicit_log_dir={run}",
+    ]
+    proc = run_in_session([sys.executable, str(SFT), *args], {"MEGATRON_ALIGN_CACHE": str(cache)}, 900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "a .nemo checkpoint; importing it" in proc.stderr
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert sum(r["loss"] for r in rows[-3:]) < sum(r["loss"] for r in rows[:3]) - 0.3  # it learned
+    assert len(list((cache / "nemo").glob("*/metadata.json"))) == 1  # imported once, into the cache
+    again = run_in_session(
+        [
+            sys.executable,
+            str(SFT),
+            *args[:-1],
+            f"exp_manager.explicit_log_dir={run}2",
+            "trainer.sft.max_steps=1",
+        ],
+        {"MEGATRON_ALIGN_CACHE": str(cache)},
+        900,
+    )
+    assert again.returncode == 0 and "importing it" not in again.stderr  # the copy is reused
+
+
+def test_eval_script_generates_from_an_extracted_nemo_directory(imported, tmp_path):
+    import sys
+
+    from tests.helpers import ROOT, run_in_session
+
+    nemo, _, _, _ = imported("gpt2-torch_dist-tp1-dir")
+    script = ROOT / "examples" / "nlp" / "language_modeling" / "megatron_gpt_eval.py"
+    proc = run_in_session(
+        [
+            sys.executable,
+            str(script),
+            f"gpt_model_file={nemo}",
+            "trainer.precision=32",
+            "inference.greedy=True",
+            "inference.tokens_to_generate=4",
+            "prompts=['the quick brown fox']",
+        ],
+        {"MEGATRON_ALIGN_CACHE": str(tmp_path)},
+        600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "the quick brown fox" in proc.stdout
+
+
+def test_an_unsafe_nemo_is_refused_in_one_line_and_writes_nothing(tmp_path):
+    import io
+    import sys
+
+    from tests.e2e.test_sft import SFT
+    from tests.helpers import run_in_session
+
+    bad = tmp_path / "evil.nemo"
+    with tarfile.open(bad, "w:") as tar:
+        for name, data in (("./model_config.yaml", b"mcore_gpt: true\n"), ("./../escaped.txt", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    cache = tmp_path / "cache"
+    proc = run_in_session(
+        [sys.executable, str(SFT), f"model.restore_from_path={bad}"],
+        {"MEGATRON_ALIGN_CACHE": str(cache)},
+        300,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "path leaves the archive" in last and "Traceback" not in proc.stderr
+    assert not (tmp_path.parent / "escaped.txt").exists() and not (tmp_path / "escaped.txt").exists()
+    assert not list((cache / "nemo").glob("*/metadata.json"))
+
+
+@torch.no_grad()
+def test_reward_model_imports_with_its_head_and_round_trips(tmp_path, megatron_single):
+    import dataclasses
+
+    import transformers
+
+    from megatron_align.models.checkpoint import checkpoint_kind, read_model_config
+    from megatron_align.models.nemo.convert import export_nemo, import_nemo
+    from megatron_align.models.reward import build_reward_model, load_reward_weights
+
+    nemo, hf_dir = make_nemo("llama", tmp_path / "rm", tp=2, backend="zarr", rm_attributes=3)
+    ckpt = import_nemo(nemo, tmp_path / "ckpt")
+    cfg = read_model_config(ckpt)
+    assert checkpoint_kind(ckpt) == "reward" and cfg.num_attributes == 3
+    model = build_reward_model(dataclasses.replace(cfg, tensor_model_parallel_size=1), precision="32")
+    load_reward_weights(ckpt, model, load_head=True)
+    model.eval()
+    tokens = _tokens()
+    rewards = model(tokens, torch.arange(tokens.shape[1]).expand_as(tokens), None)  # [B, A] at the last token
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    last = hf(input_ids=tokens, output_hidden_states=True).hidden_states[-1][:, -1]  # [B, H], after the norm
+    g = torch.Generator().manual_seed(11)  # the fixture's head
+    w, b = torch.randn(3, 64, generator=g) * 0.2, torch.randn(3, generator=g)
+    diff = (rewards - (last @ w.t() + b)).abs().max().item()
+    assert diff <= 1e-4, f"reward diff {diff:.2e}"
+    out = export_nemo(ckpt, tmp_path / "rm_out.nemo", dtype="float32", backend="zarr")
+    with tarfile.open(out) as tar:
+        exported = yaml.safe_load(tar.extractfile("./model_config.yaml").read())
+        names = tar.getnames()
+    assert exported["reward_model_type"] == "regression" and exported["regression"]["num_attributes"] == 3
+    assert "./model_weights/model.rm_head.weight/.zarray" in names
+    assert "./model_weights/model.output_layer.weight/.zarray" in names  # NeMo-Aligner asks for its LM head
+    again = import_nemo(out, tmp_path / "again")
+    first, second = _weights(ckpt), _weights(again)
+    assert sorted(first) == sorted(second) and all(torch.equal(first[k], second[k]) for k in first)

@@ -70,7 +70,7 @@ def servers(ckpts):
     offline = subprocess.Popen(python_cmd(
         GEN_SCRIPT, f"gpt_model_file={ckpts['policy']}", "trainer.precision=32", "inference.greedy=True",
         "inference.add_BOS=False", "inference.tokens_to_generate=4", "inference.compute_logprob=True",
-        "inference.repetition_penalty=1.0",  # the conf's NeMo default is 1.2; the reference is plain argmax
+        "inference.repetition_penalty=1.0",  # explicit (NeMo's conf says 1.2): the reference is argmax
         "prompts=['Q: How are you?','In days of yore']"), env=_clean_env(), cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:

@@ -5,7 +5,6 @@
 - ``weights_llama`` / ``weights_gpt2``: HF state dict <-> full (TP=1) megatron state dict.
 - ``convert``: ``import_hf`` / ``export_hf`` end to end (safetensors in and out, checkpoint via
   ``models.checkpoint``).
-- ``cli``: ``megatron-align convert``.
 
 Importing this package does not import megatron; ``convert.import_hf`` / ``export_hf`` do, when called.
 """

@@ -168,3 +168,13 @@ class NemoArchive:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def is_nemo_checkpoint(path: str | os.PathLike) -> bool:
+    """A ``.nemo`` tarball, or a directory laid out as an extracted one (``model_config.yaml`` and NeMo's
+    weights, no megatron_align ``metadata.json``). Reads no member."""
+    p = Path(path)
+    if p.is_file():
+        return p.suffix == ".nemo" or tarfile.is_tarfile(p)
+    return (p.is_dir() and (p / "model_config.yaml").is_file() and not (p / "metadata.json").is_file()
+            and ((p / "model_weights").is_dir() or (p / "model_weights.ckpt").is_file()))

@@ -55,17 +55,6 @@ _TE_MODULES = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.l
 harmless, a missing one fails NeMo 1.23's load."""
 
 
-# -- recognising inputs --------------------------------------------------------------------------------------
-def is_nemo_checkpoint(path: str | os.PathLike) -> bool:
-    """A ``.nemo`` tarball, or a directory laid out as an extracted one (``model_config.yaml`` and NeMo's
-    weights, no megatron_align ``metadata.json``)."""
-    p = Path(path)
-    if p.is_file():
-        return p.suffix == ".nemo" or tarfile.is_tarfile(p)
-    return (p.is_dir() and (p / CONFIG).is_file() and not (p / "metadata.json").is_file()
-            and ((p / WEIGHTS).is_dir() or (p / "model_weights.ckpt").is_file()))
-
-
 def _check_variant(nemo: NemoArchive) -> None:
     where = nemo.path
     if "context" in nemo.dirs and ("weights" in nemo.dirs or nemo.has("context/io.json")):

@@ -340,7 +340,7 @@ def test_sharded_write_and_read(tmp_path):
 
 
 def _run_cli(argv, capsys):
-    from megatron_align.models.hf.cli import convert_main
+    from megatron_align.cli.convert import convert_main
 
     with pytest.raises(SystemExit) as exc:
         convert_main(argv)
