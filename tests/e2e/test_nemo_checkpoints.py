@@ -234,3 +234,37 @@ def test_reward_model_imports_with_its_head_and_round_trips(tmp_path, megatron_s
     again = import_nemo(out, tmp_path / "again")
     first, second = _weights(ckpt), _weights(again)
     assert sorted(first) == sorted(second) and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_reward_model_training_starts_from_a_nemo_sft_model(imported, tmp_path):
+    """The seed's ``pretrained_checkpoint.restore_from_path=/models/llama13b/llama13b.nemo``: the trunk comes
+    from the .nemo, a fresh head learns the pairs (seed 004's format)."""
+    from tests.e2e.test_reward_model import COMMON, _metrics, _pairs, _run, _write
+
+    nemo, _, _, _ = imported("llama-zarr-tp2-tar")
+    train = _write(tmp_path / "pairs_train.jsonl", _pairs(48, 1))
+    val = _write(tmp_path / "pairs_val.jsonl", _pairs(16, 2))
+    run = tmp_path / "run"
+    proc = _run(
+        [
+            *COMMON,
+            f"pretrained_checkpoint.restore_from_path={nemo}",
+            "model.reward_model_type=binary_ranking",
+            f"model.data.data_prefix={{train: [{train}], validation: [{val}], test: [{val}]}}",
+            "++model.micro_batch_size=4",
+            "++model.global_batch_size=8",
+            "trainer.rm.max_steps=12",
+            "trainer.rm.max_epochs=100",
+            "trainer.rm.val_check_interval=6",
+            "trainer.rm.save_interval=12",
+            "model.optim.lr=1e-3",
+            "model.optim.sched.name=Constant",
+            "model.optim.sched.warmup_steps=0",
+            f"exp_manager.explicit_log_dir={run}",
+        ],
+        {"MEGATRON_ALIGN_CACHE": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    vals = [r for r in _metrics(run) if "val_loss" in r]
+    assert len(vals) == 2 and vals[1]["val_loss"] < vals[0]["val_loss"], vals
+    assert (run / "checkpoints" / "megatron_gpt.nemo").is_dir()  # the seed's path: a link to our directory
