@@ -268,3 +268,16 @@ def test_reward_model_training_starts_from_a_nemo_sft_model(imported, tmp_path):
     vals = [r for r in _metrics(run) if "val_loss" in r]
     assert len(vals) == 2 and vals[1]["val_loss"] < vals[0]["val_loss"], vals
     assert (run / "checkpoints" / "megatron_gpt.nemo").is_dir()  # the seed's path: a link to our directory
+
+
+def test_a_weight_we_cannot_map_is_one_line(tmp_path, megatron_single):
+    from megatron_align.models.nemo.convert import import_nemo
+    from megatron_align.models.nemo.errors import NemoFormatError
+    from megatron_align.models.nemo.weights import write_zarr_array
+
+    nemo, _ = make_nemo("gpt2", tmp_path / "src", tp=1, backend="zarr", tarball=False)
+    key = "model.decoder.layers.self_attention.linear_qkv.fp8_scale_inv"  # a TE-only tensor with no home here
+    write_zarr_array(nemo / "model_weights" / key, torch.ones(2, 4), [1, 4])
+    with pytest.raises(NemoFormatError, match=r"unexpected .*fp8_scale_inv") as err:
+        import_nemo(nemo, tmp_path / "out")
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
