@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from megatron_align.config.model import ModelConfig
+from megatron_align.models import spec_names
 
 
 @contextlib.contextmanager
@@ -42,7 +43,7 @@ def tp1(cfg: ModelConfig) -> ModelConfig:
 def load_full_state(model, state: Mapping[str, torch.Tensor], config_file: str,
                     error: type[Exception] = RuntimeError) -> None:
     """Copy a full (TP=1) state dict into ``model``, checking names and shapes; the names are the model's own
-    (``hf.layout.match_names`` renames local-spec / TE norm names)."""
+    (``spec_names.match_names`` renames local-spec / TE norm names)."""
     own = model.state_dict()
     for name, tensor in state.items():
         if name in own and tuple(own[name].shape) != tuple(tensor.shape):
@@ -70,3 +71,23 @@ def prepare_out(out_dir: Path, overwrite: bool, error: type[Exception] = ValueEr
     """Refuse to write into a non-empty ``out_dir`` unless ``overwrite``."""
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise error(f"{out_dir}: exists and is not empty; choose a new directory or pass --overwrite")
+
+
+def save_converted(cfg: ModelConfig, state: Mapping[str, torch.Tensor], out_dir: Path, *, tp: int, pp: int,
+                   precision, seed: int, tokenizer_dir, config_file: str, error: type[Exception],
+                   kind: str = "gpt") -> Path:
+    """Build the ``kind`` (``gpt`` / ``reward``) model at TP=1, copy ``state`` in, save a checkpoint that
+    records ``tp``/``pp`` as its layout (the weights reshard to any layout on load)."""
+    from megatron_align.models.checkpoint import save_checkpoint
+    from megatron_align.models.gpt import build_gpt_model
+
+    with single_process_tp1(seed, error):
+        if kind == "reward":
+            from megatron_align.models.reward import build_reward_model
+
+            model = build_reward_model(tp1(cfg), precision=precision)
+        else:
+            model = build_gpt_model(tp1(cfg), precision=precision)
+        load_full_state(model, spec_names.match_names(state, model.state_dict().keys()), config_file, error)
+        saved = dataclasses.replace(cfg, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+        return Path(save_checkpoint(out_dir, model, saved, tokenizer_dir=tokenizer_dir))

@@ -28,6 +28,7 @@ import torch
 
 from megatron_align.config.generation import llama_family_problem
 from megatron_align.config.model import ModelConfig
+from megatron_align.models import spec_names
 from megatron_align.models.hf import layout
 from megatron_align.models.hf.errors import HFConversionError
 
@@ -54,7 +55,7 @@ def check_llama_family(cfg: ModelConfig) -> None:
 def local_names(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """A rank's state dict without ``_extra_state`` / non-tensors, norms renamed to megatron's local spec."""
     return {
-        layout.rename_norms(k, "local"): v
+        spec_names.rename_norms(k, "local"): v
         for k, v in state.items()
         if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")
     }

@@ -17,7 +17,6 @@ renamed into place when complete.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -30,14 +29,15 @@ from typing import Optional
 import torch
 
 from megatron_align.config.model import ModelConfig
+from megatron_align.models import spec_names
 from megatron_align.models.conversion import (
     check_layout,
-    load_full_state,
     prepare_out,
+    save_converted,
     single_process_tp1,
     tp1,
 )
-from megatron_align.models.hf import config_map, layout, weights_gpt2, weights_llama
+from megatron_align.models.hf import config_map, weights_gpt2, weights_llama
 from megatron_align.models.hf.errors import HFConversionError
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def megatron_to_hf_state(
     mc_state: Mapping[str, torch.Tensor], cfg: ModelConfig, model_type: str
 ) -> dict[str, torch.Tensor]:
     """Full megatron state dict (local or TE names) -> HF state dict for ``model_type``."""
-    local = {layout.rename_norms(k, "local"): v for k, v in mc_state.items()}
+    local = {spec_names.rename_norms(k, "local"): v for k, v in mc_state.items()}
     return _weights_module(model_type).megatron_to_hf(local, cfg)
 
 
@@ -198,8 +198,7 @@ def import_hf(
     ``tp``/``pp`` are recorded as the checkpoint's default layout (the weights reshard to any layout on load);
     ``precision`` (32 | bf16 | 16) is the dtype the weights are stored in.
     """
-    from megatron_align.models.checkpoint import save_checkpoint
-    from megatron_align.models.gpt import build_gpt_model, precision_dtype
+    from megatron_align.models.gpt import precision_dtype
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     hf = read_hf_config(hf_dir)
@@ -225,14 +224,9 @@ def import_hf(
                            hf_dir, copied)
         cfg.tokenizer.model = None  # filled from the checkpoint's tokenizer/ when restoring
         cfg.tokenizer.type = hf.get("_name_or_path") or None
-        with single_process_tp1(seed, HFConversionError):
-            model = build_gpt_model(tp1(cfg), precision=precision)
-            load_full_state(model, layout.match_names(mc_state, model.state_dict().keys()), CONFIG_FILE,
-                            HFConversionError)
-            del mc_state
-            saved_cfg = dataclasses.replace(cfg, tensor_model_parallel_size=tp,
-                                            pipeline_model_parallel_size=pp)
-            path = save_checkpoint(out_dir, model, saved_cfg, tokenizer_dir=staging if copied else None)
+        path = save_converted(cfg, mc_state, out_dir, tp=tp, pp=pp, precision=precision, seed=seed,
+                              tokenizer_dir=staging if copied else None, config_file=CONFIG_FILE,
+                              error=HFConversionError)
     logger.info("imported %s (%s) into %s", hf_dir, model_type, path)
     return Path(path)
 

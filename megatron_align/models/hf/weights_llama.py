@@ -1,7 +1,7 @@
 """Llama-family weights (llama, mistral, qwen2): HF state dict <-> full (TP=1) megatron state dict.
 
-Pure functions over tensors; megatron names are the local layer spec's (``layout.match_names`` renames them
-for a Transformer Engine model). Per layer ``i`` (HF ``model.layers.i``, megatron ``decoder.layers.i``):
+Pure functions over tensors; megatron names are the local layer spec's (``spec_names.match_names`` renames
+them for a Transformer Engine model). Per layer ``i`` (HF ``model.layers.i``, megatron ``decoder.layers.i``):
 
     input_layernorm.weight                    <-> input_layernorm.weight
     self_attn.{q,k,v}_proj.{weight,bias}      <-> self_attention.linear_qkv.{weight,bias}  (interleave)

@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from megatron_align.config.model import ModelConfig
+from megatron_align.models import spec_names
 from megatron_align.models.nemo import config_map
 from megatron_align.models.nemo.archive import NemoArchive
 from megatron_align.models.nemo.errors import NemoFormatError
@@ -166,16 +167,8 @@ def stack(state: Mapping[str, torch.Tensor], num_layers: int) -> dict[str, torch
 def import_nemo(path: str | os.PathLike, out_dir: str | os.PathLike, tp: int = 1, pp: int = 1,
                 precision="32", overwrite: bool = False, seed: int = 1234) -> Path:
     """Convert a ``.nemo`` (tarball or directory) into a megatron_align checkpoint; returns its directory."""
-    from megatron_align.models.checkpoint import save_checkpoint
-    from megatron_align.models.conversion import (
-        check_layout,
-        load_full_state,
-        prepare_out,
-        single_process_tp1,
-        tp1,
-    )
-    from megatron_align.models.gpt import build_gpt_model, precision_dtype
-    from megatron_align.models.hf import layout
+    from megatron_align.models.conversion import check_layout, prepare_out, save_converted
+    from megatron_align.models.gpt import precision_dtype
     from megatron_align.tokenizers import load_tokenizer_from_dir
 
     path, out_dir = Path(path), Path(out_dir)
@@ -199,19 +192,9 @@ def import_nemo(path: str | os.PathLike, out_dir: str | os.PathLike, tp: int = 1
         model_cfg.tokenizer.library, model_cfg.tokenizer.model = library, None
         state = unstack(tensors, cfg, kind, model_cfg.num_layers, str(path))
         del tensors
-        with single_process_tp1(seed, NemoFormatError):
-            if kind == "reward":
-                from megatron_align.models.reward import build_reward_model
-
-                model = build_reward_model(tp1(model_cfg), precision=precision)
-            else:
-                model = build_gpt_model(tp1(model_cfg), precision=precision)
-            load_full_state(model, layout.match_names(state, model.state_dict().keys()), CONFIG,
-                            NemoFormatError)
-            del state
-            saved = dataclasses.replace(model_cfg, tensor_model_parallel_size=tp,
-                                        pipeline_model_parallel_size=pp)
-            out = save_checkpoint(out_dir, model, saved, tokenizer_dir=Path(tmp) / "tokenizer")
+        out = save_converted(model_cfg, state, out_dir, tp=tp, pp=pp, precision=precision, seed=seed,
+                             tokenizer_dir=Path(tmp) / "tokenizer", config_file=CONFIG, error=NemoFormatError,
+                             kind=kind)
     logger.info("imported %s (%s) into %s", path, kind, out)
     return Path(out)
 
@@ -245,7 +228,6 @@ def export_nemo(ckpt_dir: str | os.PathLike, out: str | os.PathLike, dtype: str 
     from megatron_align.models.checkpoint import checkpoint_kind, load_checkpoint, read_model_config
     from megatron_align.models.conversion import single_process_tp1, tp1
     from megatron_align.models.gpt import build_gpt_model
-    from megatron_align.models.hf import layout
 
     if dtype not in EXPORT_DTYPES:
         raise NemoFormatError(f"dtype={dtype!r}: use one of {', '.join(EXPORT_DTYPES)}")
@@ -262,7 +244,7 @@ def export_nemo(ckpt_dir: str | os.PathLike, out: str | os.PathLike, dtype: str 
         else:
             model = build_gpt_model(tp1(cfg), precision="32")
             load_checkpoint(ckpt_dir, model)
-        state = {layout.rename_norms(k, "te"): v.detach().clone() for k, v in model.state_dict().items()
+        state = {spec_names.rename_norms(k, "te"): v.detach().clone() for k, v in model.state_dict().items()
                  if isinstance(v, torch.Tensor) and not k.endswith(EXTRA_STATE)}
         del model
     if kind == "reward":  # NeMo-Aligner's reward model keeps an (unused) LM head and asks for it on load

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from megatron_align.config.model import ModelConfig
+from megatron_align.models import spec_names
 from megatron_align.models.hf import config_map, layout, weights_gpt2, weights_llama
 from megatron_align.models.hf.convert import read_hf_state_dict, write_hf_state_dict
 from megatron_align.models.hf.errors import HFConversionError
@@ -81,13 +82,13 @@ def test_local_te_names():
         "decoder.layers.3.mlp.linear_fc1.layer_norm_weight",
         "decoder.layers.3.mlp.linear_fc1.layer_norm_bias",
     ]
-    assert [layout.rename_norms(n, "te") for n in local] == te
-    assert [layout.rename_norms(n, "local") for n in te] == local
+    assert [spec_names.rename_norms(n, "te") for n in local] == te
+    assert [spec_names.rename_norms(n, "local") for n in te] == local
     unchanged = ["decoder.final_layernorm.weight", "decoder.layers.0.self_attention.linear_qkv.weight"]
-    assert [layout.rename_norms(n, "te") for n in unchanged] == unchanged
+    assert [spec_names.rename_norms(n, "te") for n in unchanged] == unchanged
     state = {n: torch.zeros(1) for n in local + unchanged}
-    assert sorted(layout.match_names(state, te)) == sorted(te + unchanged)
-    assert sorted(layout.match_names(state, local)) == sorted(local + unchanged)
+    assert sorted(spec_names.match_names(state, te)) == sorted(te + unchanged)
+    assert sorted(spec_names.match_names(state, local)) == sorted(local + unchanged)
 
 
 # ------------------------------------------------------------------------------------------------------------
