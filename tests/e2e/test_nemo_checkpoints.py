@@ -281,3 +281,48 @@ def test_a_weight_we_cannot_map_is_one_line(tmp_path, megatron_single):
     with pytest.raises(NemoFormatError, match=r"unexpected .*fp8_scale_inv") as err:
         import_nemo(nemo, tmp_path / "out")
     assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
+
+
+def test_serve_reward_model_serves_a_nemo_reward_model(tmp_path, megatron_single):
+    """The seed's ``serve_reward_model.py rm_model_file=.../megatron_gpt.nemo`` with a NeMo-Aligner regression
+    reward model in the file: the served rewards are the imported model's."""
+    import requests
+
+    from megatron_align.models.nemo.convert import import_nemo
+    from megatron_align.scoring.forward import rewards_of
+    from tests.helpers import ROOT
+    from tests.servers_common import ServerProcess, free_port, python_cmd
+
+    nemo, _ = make_nemo("llama", tmp_path / "rm", tp=2, backend="torch_dist", rm_attributes=3)
+    port, cache = free_port(), tmp_path / "cache"
+    server = ServerProcess(
+        python_cmd(
+            ROOT / "examples" / "nlp" / "gpt" / "serve_reward_model.py",
+            f"rm_model_file={nemo}",
+            "trainer.num_nodes=1",
+            "trainer.devices=1",
+            "trainer.precision=32",
+            f"inference.port={port}",
+        ),
+        {"MEGATRON_ALIGN_CACHE": str(cache)},
+    )
+    try:
+        server.wait_ready()
+        texts = ["the quick brown fox", "jumps over the lazy dog number 7"]
+        r = requests.put(f"http://127.0.0.1:{port}/infer", json={"sentences": texts}, timeout=120)
+        assert r.status_code == 200, r.text
+        served = torch.tensor(r.json()["rewards"])
+    finally:
+        server.kill()
+    assert served.shape == (2, 3)
+    ckpt = import_nemo(nemo, tmp_path / "ckpt")  # the same import, in process, as the reference
+    from megatron_align.models.checkpoint import read_model_config
+    from megatron_align.models.reward import build_reward_model, load_reward_weights
+    from megatron_align.tokenizers import load_tokenizer_from_dir
+
+    model = build_reward_model(read_model_config(ckpt), precision="32")
+    load_reward_weights(ckpt, model, load_head=True)
+    model.eval()
+    tok = load_tokenizer_from_dir(str(ckpt / "tokenizer"))
+    expected = rewards_of(model, tok.texts_to_ids(texts), tok.pad_id, 3)
+    torch.testing.assert_close(served, torch.as_tensor(expected).float(), atol=1e-4, rtol=0)
