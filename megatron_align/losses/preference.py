@@ -36,9 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels.group_softmax import group_kl, group_log_softmax, segment_ids
+from megatron_align.config.stages.dpo import EXO_LOSSES, PAIR_LOSSES
 
-PAIR_LOSSES = ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl", "scale")
-EXO_LOSSES = ("exo-rw", "dpo-rw", "exo-pref", "dpo-pref")
 EXO_PREF_LOG_EPSILON = -10.0
 """The EXO repository's log-probability of the non-preferred completion in the preference target."""
 

@@ -38,3 +38,13 @@ def test_server_yamls_are_generated_from_their_schemas():
         assert load_config(schema, path, validate=False) == schema()
         body = path.read_text().split("\n\n", 1)[1]
         assert body == commented_yaml(schema), f"regenerate conf/{name} (command in its header)"
+
+
+def test_dpo_yaml_is_generated_from_the_schema():
+    from megatron_align.config.docgen import commented_yaml
+    from megatron_align.config.stages.dpo import DPOConfig
+
+    path = ROOT / "conf" / "gpt_dpo.yaml"
+    assert load_config(DPOConfig, path, validate=False) == DPOConfig()
+    body = path.read_text().split("\n\n", 1)[1]
+    assert body == commented_yaml(DPOConfig), "regenerate conf/gpt_dpo.yaml (command in its header)"
