@@ -1,4 +1,4 @@
-"""Installs megatron_align and the Triton kernels package (``kernels``)."""
+"""Installs megatron_align (its Triton kernels live in ``megatron_align.kernels``)."""
 
 from setuptools import find_packages, setup
 
@@ -8,7 +8,7 @@ setup(
     description=("Megatron-Core-native alignment: SteerLM, SteerLM 2.0, self-rewarding, offline RS/ReST, "
                  "EXO/DPO"),
     python_requires=">=3.10",
-    packages=find_packages(include=["megatron_align", "megatron_align.*", "kernels", "kernels.*"]),
+    packages=find_packages(include=["megatron_align", "megatron_align.*"]),
     package_data={"megatron_align": ["resources/*", "resources/**/*"]},
     install_requires=[
         # torch: any release from 2.6 (weights_only loads) that megatron-core 0.16 supports; 2.13.0 is tested.

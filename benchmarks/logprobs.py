@@ -198,7 +198,7 @@ def run_one(method: str, n: int, v: int, h: int, dtype_name: str, reps: int) -> 
     # the gradient block that ``ours`` keeps for reuse between calls is freed first, so the run pays for its
     # gradient like every other method; what a method keeps after the call is reported as ``held``
     clear()
-    from kernels import _cpu_pages
+    from megatron_align.kernels import _cpu_pages
 
     _cpu_pages.release_cached()
     _mmap_large_blocks()

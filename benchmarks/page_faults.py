@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from kernels import _cpu_pages
+from megatron_align.kernels import _cpu_pages
 
 
 def _touch(n: int, huge: bool) -> float:

@@ -23,10 +23,10 @@ from typing import Optional
 
 import torch
 
-from kernels import _cpu_pages
-from kernels.fused_linear_logprobs import fused_linear_logprobs
-from kernels.group_softmax import group_kl, group_log_softmax, group_sizes_to_offsets
-from kernels.vocab_parallel_logprobs import vocab_parallel_logprobs
+from megatron_align.kernels import _cpu_pages
+from megatron_align.kernels.fused_linear_logprobs import fused_linear_logprobs
+from megatron_align.kernels.group_softmax import group_kl, group_log_softmax, group_sizes_to_offsets
+from megatron_align.kernels.vocab_parallel_logprobs import vocab_parallel_logprobs
 
 __all__ = ["token_logprobs", "fused_lm_head_logprobs", "sequence_logprobs", "group_log_softmax", "group_kl",
            "group_sizes_to_offsets", "release_cpu_gradient_cache"]

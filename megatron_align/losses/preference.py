@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.group_softmax import group_kl, group_log_softmax, segment_ids
 from megatron_align.config.stages.dpo import EXO_LOSSES, PAIR_LOSSES
+from megatron_align.kernels.group_softmax import group_kl, group_log_softmax, segment_ids
 
 EXO_PREF_LOG_EPSILON = -10.0
 """The EXO repository's log-probability of the non-preferred completion in the preference target."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.group_softmax import group_kl, group_log_softmax
+from megatron_align.kernels.group_softmax import group_kl, group_log_softmax
 
 __all__ = ["SteerLM2Weights", "steerlm2_weights"]
 

@@ -11,7 +11,7 @@ the full one. The worker also proves the op neither imports megatron nor reads m
 import pytest
 import torch
 
-from kernels import reference
+from megatron_align.kernels import reference
 from tests.helpers import WORKERS, run_ranks
 
 pytestmark = pytest.mark.distributed

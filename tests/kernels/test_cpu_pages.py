@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import _cpu_pages, reference
+from megatron_align.kernels import _cpu_pages, reference
 from megatron_align.logprobs import release_cpu_gradient_cache, token_logprobs
 
 
@@ -45,7 +45,7 @@ def test_large_cpu_tensor_is_advised_and_usable():
 
 _WINDOW = """
 import json, torch
-from kernels import _cpu_pages
+from megatron_align.kernels import _cpu_pages
 from tests.kernels.test_cpu_pages import _vm_flags
 def hg(t):
     return "hg" in _vm_flags(t.data_ptr() + t.nbytes // 2)

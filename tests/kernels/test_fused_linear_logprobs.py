@@ -15,8 +15,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from kernels import reference
-from kernels.fused_linear_logprobs import fused_linear_logprobs
+from megatron_align.kernels import reference
+from megatron_align.kernels.fused_linear_logprobs import fused_linear_logprobs
 
 # Tolerances, as max |ours - ref| / max(1, max |ref|), per (backend, dtype): (forward, gradients).
 # Both sides compute logits in fp32 from the same inputs, so forward differences are fp32 summation order.

@@ -14,7 +14,12 @@ import math
 import pytest
 import torch
 
-from kernels.group_softmax import group_kl, group_log_softmax, group_sizes_to_offsets, segment_ids
+from megatron_align.kernels.group_softmax import (
+    group_kl,
+    group_log_softmax,
+    group_sizes_to_offsets,
+    segment_ids,
+)
 
 BACKENDS = ["torch", "triton"]
 NEG_INF = -math.inf

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
-from kernels.vocab_parallel_logprobs import vocab_parallel_logprobs
+from megatron_align.kernels import reference
+from megatron_align.kernels.vocab_parallel_logprobs import vocab_parallel_logprobs
 from megatron_align.logprobs import sequence_logprobs, token_logprobs
 
 # Tolerance table against an fp64 reference: (logprob atol, entropy atol, gradient atol). Log-probs are

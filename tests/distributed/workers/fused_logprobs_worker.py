@@ -18,7 +18,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # the Triton cases run on CPU th
 def _run_case(inp, case, group, rank, world):
     import torch
 
-    from kernels.fused_linear_logprobs import fused_linear_logprobs
+    from megatron_align.kernels.fused_linear_logprobs import fused_linear_logprobs
 
     dtype = getattr(torch, case["dtype"])
     v_local = inp["weight"].shape[0] // world

@@ -32,7 +32,7 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     group = dist.new_group(list(range(world)))
     _forbid_megatron_state()
-    from kernels import reference
+    from megatron_align.kernels import reference
     from megatron_align.logprobs import token_logprobs
 
     v_local = 517

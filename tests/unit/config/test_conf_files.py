@@ -11,7 +11,7 @@ def test_demo_yaml_matches_schema_defaults():
 
 
 def test_kernels_package_imports():
-    import kernels
+    import megatron_align.kernels as kernels
 
     assert kernels.__doc__
 

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from kernels.group_softmax import group_sizes_to_offsets
+from megatron_align.kernels.group_softmax import group_sizes_to_offsets
 from megatron_align.losses.preference import exo_loss, pair_loss, sequence_log_ratio
 
 

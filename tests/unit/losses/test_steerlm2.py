@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from kernels.group_softmax import group_sizes_to_offsets
+from megatron_align.kernels.group_softmax import group_sizes_to_offsets
 from megatron_align.losses.steerlm2 import steerlm2_weights
 
 # three prompts: 3 responses, 1 response, 2 responses

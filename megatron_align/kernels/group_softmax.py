@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from kernels._triton import choose_triton as _choose_triton
+from megatron_align.kernels._triton import choose_triton as _choose_triton
 
 DEFAULT_BLOCK = 128  # Triton values per block; groups larger than this are looped over
 

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton import interpreting
+from megatron_align.kernels._triton import interpreting
 
 
 @triton.jit

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _cpu_pages, tp
-from kernels._triton import choose_triton as _choose_triton
+from megatron_align.kernels import _cpu_pages, tp
+from megatron_align.kernels._triton import choose_triton as _choose_triton
 
 # CPU path: rows per chunk are chosen so that one fp32 [rows, V/tp] work buffer is about this many bytes
 # (at most 1/64 of the fp32 logits' size, and at least 1 MiB).

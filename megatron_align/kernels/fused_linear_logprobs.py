@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import _cpu_pages, tp
-from kernels._triton import choose_triton as _choose_triton
+from megatron_align.kernels import _cpu_pages, tp
+from megatron_align.kernels._triton import choose_triton as _choose_triton
 
 # torch path: a [CHUNK_N, CHUNK_V] fp32 tile is 8 MiB (see the module docstring for the budget).
 TORCH_CHUNK_N = 512
@@ -150,7 +150,7 @@ def _backward(h, w, b, tloc, lse, mz, g_lp, g_ent, inv_t, needs, cfg):
     gw = None if not need_w or main_grad is not None else _cpu_pages.empty_like(w)
     gb = torch.empty_like(b) if need_b else None
     if cfg.use_triton:
-        from kernels._fused_linear_triton import grad_z_tile
+        from megatron_align.kernels._fused_linear_triton import grad_z_tile
     for j0 in range(0, v, cfg.chunk_v):
         j1 = min(j0 + cfg.chunk_v, v)
         w_mm = w[j0:j1].to(mm_dtype)  # [cv, H]
@@ -213,7 +213,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         tloc = torch.where(keep & (local >= 0) & (local < v_local), local, -1)  # [N], -1: not held here
         inv_t = 1.0 / temperature
         if cfg.use_triton:
-            from kernels._fused_linear_triton import forward_stats
+            from megatron_align.kernels._fused_linear_triton import forward_stats
 
             lse, tgt, mz = forward_stats(hidden, weight, bias, tloc, inv_t, with_entropy, cfg.blocks,
                                          cfg.num_splits)
