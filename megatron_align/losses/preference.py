@@ -32,6 +32,8 @@ Groups are ragged (K may differ between prompts): completions of all prompts lie
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -107,3 +109,87 @@ def exo_loss(kind: str, f: torch.Tensor, rewards: torch.Tensor, offsets: torch.T
     log_q = torch.full_like(logp_f, EXO_PREF_LOG_EPSILON)  # [M]
     log_q[torch.where(prefer_first, first, second)] = 0.0
     return group_kl(logp_f, log_q, offsets)
+
+
+PREFERENCE_METRICS = ("groups", "preference_loss", "sft_loss", "chosen_reward", "rejected_reward", "correct",
+                      "kl_chosen", "entropy_pf", "kl_pf_pr", "ignored")
+"""The sums ``preference_objective`` returns per micro-batch, in this order."""
+
+
+@dataclass(frozen=True)
+class PreferenceSpec:
+    """The objective of one run (``model.dpo.*``)."""
+
+    loss: str = "dpo"
+    beta: float = 0.2  # ref_policy_kl_penalty
+    average_log_probs: bool = False  # preference_average_log_probs
+    sft_average_log_probs: bool = False
+    gt_reward_scale: float = 1.0
+    preference_loss_weight: float = 1.0
+    sft_loss_weight: float = 0.0
+    beta_pi: float = 0.2  # EXO: f = beta_pi * r
+    beta_r: float = 1.0  # EXO: p_R = softmax(R / beta_r)
+
+
+def _best_and_worst(rewards: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group the row of the largest and of the smallest reward (the first on ties) -> [G], [G]."""
+    best, worst = [], []
+    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        best.append(a + int(torch.argmax(rewards[a:b])))
+        worst.append(a + int(torch.argmin(rewards[a:b])))
+    return torch.tensor(best, device=rewards.device), torch.tensor(worst, device=rewards.device)
+
+
+def preference_objective(spec: PreferenceSpec, policy: torch.Tensor, reference: torch.Tensor,
+                         counts: torch.Tensor, rewards: torch.Tensor, offsets: torch.Tensor,
+                         ignored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The total loss per group and the metric sums of one micro-batch.
+
+    policy, reference [M]: sum_t m_t log pi(y_t) per sequence (policy with gradient, reference without);
+    counts [M]: response tokens per sequence; rewards [M]: the data's; offsets [G+1]: groups (pairs: chosen
+    row first); ignored [G]: over-length groups kept untrained.
+    Returns total [G] = preference_loss_weight * L_pref + sft_loss_weight * L_sft, where L_sft is the chosen
+    (pairs) or best-rewarded (EXO) completion's negative log-likelihood, and ``PREFERENCE_METRICS`` sums [10]
+    (detached). Reward metrics are beta-scaled: beta * r (beta_pi * r for EXO), as NeMo-Aligner's dpo.rst
+    defines rewards_chosen_mean (its code logs r unscaled) and as TRL logs rewards/chosen.
+    """
+    policy, reference = policy.float(), reference.float()
+    n = counts.to(policy.dtype).clamp(min=1)  # [M]
+    r = policy - reference.detach()  # [M]
+    if spec.average_log_probs:
+        r = r / n
+    exo = spec.loss in EXO_LOSSES
+    if exo:
+        f = spec.beta_pi * r  # [M]
+        pref = exo_loss(spec.loss, f, rewards, offsets, spec.beta_r)  # [G]
+        chosen, rejected = _best_and_worst(rewards.float(), offsets)
+        scale = spec.beta_pi
+    else:
+        if bool(((offsets[1:] - offsets[:-1]) != 2).any()):
+            raise ValueError(f"preference_loss={spec.loss} scores pairs: every group needs 2 sequences")
+        chosen, rejected = offsets[:-1], offsets[:-1] + 1  # [G]
+        margin = rewards[chosen].float() - rewards[rejected].float()  # [G]
+        pref = pair_loss(spec.loss, r[chosen] - r[rejected], spec.beta, margin, spec.gt_reward_scale)
+        scale = spec.beta
+    nll = -policy[chosen]  # [G]
+    if spec.sft_average_log_probs:
+        nll = nll / n[chosen]
+    total = spec.preference_loss_weight * pref + spec.sft_loss_weight * nll  # [G]
+    with torch.no_grad():
+        rd = r.detach()
+        if exo:
+            logp_f = group_log_softmax(f.detach(), offsets, backend="torch")  # [M]
+            seg = segment_ids(offsets, f.numel())
+            g = offsets.numel() - 1
+            entropy = torch.zeros(g, device=f.device).index_add(0, seg, -logp_f.exp() * logp_f)  # [G]
+            log_pr = group_log_softmax(rewards.float() / spec.beta_r, offsets, backend="torch")
+            kl_pf_pr = group_kl(logp_f, log_pr, offsets)
+            exo_sums = [entropy.sum(), kl_pf_pr.sum()]
+        else:
+            exo_sums = [torch.zeros((), device=r.device)] * 2
+        sums = torch.stack([
+            torch.tensor(float(offsets.numel() - 1), device=r.device), pref.detach().sum(),
+            nll.detach().sum(),
+            scale * rd[chosen].sum(), scale * rd[rejected].sum(), (rd[chosen] > rd[rejected]).float().sum(),
+            (policy.detach() - reference)[chosen].sum(), *exo_sums, ignored.float().sum()]).double()
+    return total, sums

@@ -14,7 +14,7 @@ class GlobalBatchSampler:
     """Indices of the dataset for a global batch, for this data-parallel rank."""
 
     def __init__(self, num_samples: int, global_batch_size: int, micro_batch_size: int, dp_rank: int,
-                 dp_size: int, seed: int, shuffle: bool = True):
+                 dp_size: int, seed: int, shuffle: bool = True, epoch_length: int | None = None):
         if num_samples <= 0:
             raise ValueError("the dataset is empty")
         if global_batch_size % (micro_batch_size * dp_size):
@@ -23,6 +23,9 @@ class GlobalBatchSampler:
         self.n, self.gbs, self.mbs = num_samples, global_batch_size, micro_batch_size
         self.dp_rank, self.dp_size, self.seed, self.shuffle = dp_rank, dp_size, seed, shuffle
         self._cache: dict[int, np.ndarray] = {}
+        self.epoch_length = min(epoch_length or num_samples, num_samples)
+        """Stream positions per epoch: each epoch takes the first ``epoch_length`` of its own permutation of
+        the dataset (``trainer.dpo.limit_train_batches``); the whole dataset by default."""
 
     @property
     def num_microbatches(self) -> int:
@@ -39,7 +42,7 @@ class GlobalBatchSampler:
         """Dataset indices of the global batch that starts at stream position ``consumed_samples``."""
         out = []
         for pos in range(consumed_samples, consumed_samples + self.gbs):
-            epoch, offset = divmod(pos, self.n)
+            epoch, offset = divmod(pos, self.epoch_length)
             out.append(int(self._epoch_order(epoch)[offset]))
         return out
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from megatron_align.config.data import ChatPromptTokens
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.model import ModelConfig, OptimConfig, OptimSchedConfig
 from megatron_align.config.schema import LoopSection, RunConfig, TrainerConfig
@@ -92,6 +93,8 @@ class DPODataConfig(RMDataConfig):
     """Reward of a rejected response whose record has no rejected_reward."""
     pad_length_to_multiple_of: Optional[int] = None
     """Pad each micro-batch's rows to a multiple of this (None: to the longest row)."""
+    chat_prompt_tokens: ChatPromptTokens = field(default_factory=ChatPromptTokens)
+    """Markers of NeMo's chat template, used when a record's prompt is a list of messages."""
     overlong: str = "ignore"
     """A pair or group longer than seq_length: ignore (NeMo-Aligner's rule: kept without trained tokens, no
     gradient), truncate (responses cut from the right, the prompt kept) or drop; every one is counted."""
@@ -128,6 +131,15 @@ class DPOConfig(RunConfig):
     model: DPOModelConfig = field(default_factory=DPOModelConfig)
     pretrained_checkpoint: PretrainedCheckpoint = field(default_factory=PretrainedCheckpoint)
     """The policy to start from; the reference is a frozen copy of it."""
+
+    def restore_path(self) -> Optional[str]:
+        """``pretrained_checkpoint.restore_from_path`` (``model.restore_from_path`` is accepted too)."""
+        a, b = self.pretrained_checkpoint.restore_from_path, self.model.restore_from_path
+        if a and b and a != b:
+            raise ConfigError(f"pretrained_checkpoint.restore_from_path={a} and model.restore_from_path={b} "
+                              "disagree: set only pretrained_checkpoint.restore_from_path",
+                              key="pretrained_checkpoint.restore_from_path")
+        return a or b
 
     def validate(self, world_size: int) -> None:
         from megatron_align.config import check_batch_sizes
