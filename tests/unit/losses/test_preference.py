@@ -170,3 +170,50 @@ def test_unknown_kind_and_missing_rewards_are_one_line():
         pair_loss("kto", torch.zeros(1), 0.1)
     with pytest.raises(ValueError, match="needs the pairs' rewards"):
         pair_loss("rpo_sq", torch.zeros(1), 0.1)
+
+
+def test_objective_sums_match_hand_computation():
+    """Two pairs: totals with the SFT term, beta-scaled reward metrics, strict accuracy, the chosen KL."""
+    from megatron_align.losses.preference import PREFERENCE_METRICS, PreferenceSpec, preference_objective
+
+    pol = torch.tensor([-3.0, -5.0, -4.0, -4.0], requires_grad=True)
+    ref = torch.tensor([-4.0, -4.0, -4.0, -4.0])
+    counts = torch.tensor([2, 4, 1, 3])
+    spec = PreferenceSpec(loss="dpo", beta=0.5, sft_loss_weight=0.25)
+    total, sums = preference_objective(spec, pol, ref, counts, torch.tensor([1.0, 0, 1, 0]),
+                                       torch.tensor([0, 2, 4]), torch.tensor([False, True]))
+    d = [1.0 - (-1.0), 0.0]  # r_c - r_r per pair
+    want = [math.log1p(math.exp(-0.5 * x)) + 0.25 * n for x, n in zip(d, [3.0, 4.0])]
+    assert torch.allclose(total, torch.tensor(want, dtype=torch.float32))
+    v = dict(zip(PREFERENCE_METRICS, sums.tolist()))
+    assert v["groups"] == 2 and v["ignored"] == 1 and v["correct"] == 1  # the tie is not correct
+    assert v["chosen_reward"] == pytest.approx(0.5 * (1 + 0)) and v["rejected_reward"] == pytest.approx(-0.5)
+    assert v["kl_chosen"] == pytest.approx(1.0) and v["sft_loss"] == pytest.approx(7.0)
+    total.sum().backward()
+    # tie pair's chosen: d(-log sigma(beta delta))/dpol_c = -beta sigma(0) = -0.25; SFT term: 0.25 * -1
+    assert pol.grad[2].item() == pytest.approx(-0.5)
+    avg = PreferenceSpec(loss="dpo", beta=0.5, average_log_probs=True, sft_average_log_probs=True,
+                         sft_loss_weight=1.0)
+    total, _ = preference_objective(avg, pol.detach(), ref, counts, torch.zeros(4), torch.tensor([0, 2, 4]),
+                                    torch.tensor([False, False]))
+    d0 = 1.0 / 2 - (-1.0) / 4
+    assert total[0].item() == pytest.approx(math.log1p(math.exp(-0.5 * d0)) + 3.0 / 2)
+
+
+def test_objective_exo_entropy_and_kl_to_reward_distribution():
+    from megatron_align.losses.preference import PREFERENCE_METRICS, PreferenceSpec, preference_objective
+
+    pol, ref = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-2.0, -2.0, -2.0])
+    rewards = torch.tensor([0.0, 1.0, 2.0])
+    spec = PreferenceSpec(loss="exo-rw", beta_pi=0.5, beta_r=2.0)
+    total, sums = preference_objective(spec, pol, ref, torch.ones(3), rewards, torch.tensor([0, 3]),
+                                       torch.tensor([False]))
+    f = 0.5 * torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
+    p_f, p_r = torch.softmax(f, 0), torch.softmax(rewards.double() / 2.0, 0)
+    kl = float((p_f * (p_f.log() - p_r.log())).sum())
+    v = dict(zip(PREFERENCE_METRICS, sums.tolist()))
+    assert total.item() == pytest.approx(kl, rel=1e-5) and v["kl_pf_pr"] == pytest.approx(kl, rel=1e-5)
+    assert v["entropy_pf"] == pytest.approx(float(-(p_f * p_f.log()).sum()), rel=1e-5)
+    # best-rewarded completion (row 2) is "chosen", worst (row 0) "rejected": its beta_pi-scaled log-ratios
+    assert v["chosen_reward"] == pytest.approx(-0.5) and v["rejected_reward"] == pytest.approx(0.5)
+    assert v["correct"] == 0
