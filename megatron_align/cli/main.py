@@ -5,6 +5,8 @@
     megatron-align convert --from-hf DIR --out CKPT | --to-hf CKPT --out DIR
     megatron-align convert --from-nemo X.nemo --out CKPT | --to-nemo CKPT --out X.nemo
                                                 Hugging Face / NeMo checkpoints in and out
+    megatron-align exo STAGE ARGS...            the EXO repository's stages (train_sft, inference_sft,
+                                                train_rm, inference_rm, train_exo, pref_to_rw)
     megatron-align plot RUN_DIR                 PNG curves of a run's logged metrics (RUN_DIR/plots/)
     megatron-align steer --prompt TEXT [--values quality:4,humor:0,...] --url URL | --checkpoint DIR
                                                 a SteerLM model's answer, steered by attribute values
@@ -91,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_align.cli.convert import convert_main
 
         return convert_main(rest)
+    if cmd == "exo":
+        from megatron_align.cli.exo import exo_main
+
+        return exo_main(rest)
     if cmd == "steer":
         from megatron_align.cli.steer import main as steer_main
 
