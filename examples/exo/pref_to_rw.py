@@ -9,5 +9,10 @@ import sys
 
 from megatron_align.cli.exo import exo_main
 
+
+def main(argv: list[str]) -> int:
+    return exo_main(["pref_to_rw", *argv])
+
+
 if __name__ == "__main__":
-    sys.exit(exo_main(["pref_to_rw", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:]))

@@ -310,12 +310,15 @@ def exo_main(argv: list[str]) -> int:
     """``megatron-align exo STAGE ARGS...``; returns the exit status."""
     from megatron_align.log import setup_logging
 
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
-        print(__doc__)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    if wants_help or not argv or argv[0] not in STAGES:
+        print("usage:\n" + __doc__.split("\n\n", 1)[1], file=sys.stdout if wants_help else sys.stderr)
+        if not wants_help and argv:
+            print(f"exo error: unknown stage {argv[0]!r}; one of {', '.join(STAGES)}", file=sys.stderr)
+        return 0 if wants_help else 2
     fn, n = STAGES[argv[0]]
     args = argv[1:]
-    if len(args) < n or any("=" in a for a in args[:n]):
+    if len(args) < n or any("=" in a for a in args[:n]) or (argv[0] == "pref_to_rw" and len(args) > 1):
         print(f"exo error: {argv[0]} takes {n} positional arguments (see --help), got {args[:n]}",
               file=sys.stderr)
         return 2
