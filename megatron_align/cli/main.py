@@ -2,6 +2,7 @@
 
     megatron-align demo [steerlm] [key=value ...]
                                                 SteerLM end to end on built-in data (the README's job)
+    megatron-align demo dpo|exo [key=value ...] DPO / EXO from the demo's SFT model: reward against KL
     megatron-align convert --from-hf DIR --out CKPT | --to-hf CKPT --out DIR
     megatron-align convert --from-nemo X.nemo --out CKPT | --to-nemo CKPT --out X.nemo
                                                 Hugging Face / NeMo checkpoints in and out
@@ -35,7 +36,7 @@ def _launch_world_size() -> int:
     return detect_launch_env().world_size
 
 
-DEMOS = ("steerlm",)
+DEMOS = ("steerlm", "dpo", "exo")
 """The demos ``megatron-align demo [stage]`` knows; the first is the default."""
 
 
@@ -43,11 +44,14 @@ def demo(argv: list[str]) -> int:
     """``megatron-align demo [stage]``: load the config (one-line errors), run the demo, print the table."""
     import warnings
 
+    stage = DEMOS[0]
     if argv and "=" not in argv[0] and not argv[0].startswith("-"):
         stage, argv = argv[0], argv[1:]
         if stage not in DEMOS:
             print(f"config error: unknown demo {stage!r}; available: {', '.join(DEMOS)}", file=sys.stderr)
             return 2
+    if stage in ("dpo", "exo"):
+        return preference_demo(stage, argv)
 
     from megatron_align.config import check_launch_matches, load_config, run_cli
     from megatron_align.demo.steerlm.config import DemoConfig, with_size_preset
@@ -73,6 +77,41 @@ def demo(argv: list[str]) -> int:
         return 0
 
     return run_cli(main)
+
+
+def preference_demo(stage: str, argv: list[str]) -> int:
+    """``megatron-align demo dpo|exo``: the preference demo (``demo/preference``) with its method."""
+    import warnings
+
+    from megatron_align.config import check_launch_matches, load_config, run_cli
+    from megatron_align.demo.preference.config import PreferenceDemoConfig, with_size_preset
+
+    methods = ["dpo"] if stage == "dpo" else ["exo-rw"]
+
+    def main():
+        cfg = load_config(PreferenceDemoConfig, None, with_size_preset(argv, methods),
+                          help_prog=f"megatron-align demo {stage}", help_epilog=PREFERENCE_HELP)
+        check_launch_matches(cfg, _launch_world_size())
+        _setup_logging()
+        warnings.filterwarnings("ignore")
+        from megatron_align.demo.preference.pipeline import run_preference_demo
+        from megatron_align.distributed.launch import detect_launch_env, shutdown
+
+        results = run_preference_demo(cfg)
+        shutdown()
+        if detect_launch_env().rank == 0:
+            print(f"\nPreference demo ({stage}): held-out rule reward against KL(pi || pi_ref) "
+                  f"({results['wall_seconds']:.0f} s, precision {results['config']['precision']})")
+            print(results["table"], end="")
+            print(f"run directory   {results['run_dir']}  (results.json, table.md, reward_kl.png)")
+        return 0
+
+    return run_cli(main)
+
+
+PREFERENCE_HELP = """Presets: size=tiny (the CI-sized run); size=full (default). `demo dpo` trains dpo,
+`demo exo` exo-rw (preference.methods=[dpo,exo-rw] both); runs of the other method already in the run
+directory (default runs/preference_demo) are kept: `demo dpo` then `demo exo` puts both on reward_kl.png."""
 
 
 DEMO_HELP = """Presets: size=tiny (the CI-sized run, about a minute); size=full (default, the README's).

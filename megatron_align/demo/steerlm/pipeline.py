@@ -48,6 +48,9 @@ STAGES = 6
 class Pipeline:
     """The demo's state between stages (paths, checkpoints, results) and its rank-0 display."""
 
+    stages = STAGES
+    """The last stage's number, shown in each header."""
+
     def __init__(self, cfg, rank: int):
         self.cfg, self.rank0 = cfg, rank == 0
         self.run_dir = run_dir_of(cfg, default_exp_dir="runs")
@@ -58,7 +61,7 @@ class Pipeline:
     def header(self, n: int, title: str) -> None:
         self._t = time.perf_counter()
         if self.rank0:
-            print(f"\n=== [{n}/{STAGES}] {title} ===", flush=True)
+            print(f"\n=== [{n}/{self.stages}] {title} ===", flush=True)
 
     def done(self, stage: str, **info) -> None:
         info["seconds"] = round(time.perf_counter() - self._t, 1)

@@ -1,0 +1,1 @@
+"""``megatron-align demo dpo`` / ``demo exo``: preference training on the built-in world."""
