@@ -22,7 +22,12 @@ from megatron_align.config.data import ChatPromptTokens
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.model import ModelConfig, OptimConfig, OptimSchedConfig
 from megatron_align.config.schema import LoopSection, RunConfig, TrainerConfig
-from megatron_align.config.stages.reward_model import PretrainedCheckpoint, RMDataConfig, split_files
+from megatron_align.config.stages.reward_model import (
+    PretrainedCheckpoint,
+    RMDataConfig,
+    pretrained_path,
+    split_files,
+)
 
 PAIR_LOSSES = ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl", "scale")
 """``model.dpo.preference_loss`` values scored per chosen/rejected pair."""
@@ -134,12 +139,7 @@ class DPOConfig(RunConfig):
 
     def restore_path(self) -> Optional[str]:
         """``pretrained_checkpoint.restore_from_path`` (``model.restore_from_path`` is accepted too)."""
-        a, b = self.pretrained_checkpoint.restore_from_path, self.model.restore_from_path
-        if a and b and a != b:
-            raise ConfigError(f"pretrained_checkpoint.restore_from_path={a} and model.restore_from_path={b} "
-                              "disagree: set only pretrained_checkpoint.restore_from_path",
-                              key="pretrained_checkpoint.restore_from_path")
-        return a or b
+        return pretrained_path(self)
 
     def validate(self, world_size: int) -> None:
         from megatron_align.config import check_batch_sizes

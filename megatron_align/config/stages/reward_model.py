@@ -125,6 +125,17 @@ class PretrainedCheckpoint:
     the architecture and the tokenizer."""
 
 
+def pretrained_path(cfg) -> Optional[str]:
+    """``pretrained_checkpoint.restore_from_path`` of a stage config (``model.restore_from_path`` is accepted
+    too; both set and different is a ``ConfigError``)."""
+    a, b = cfg.pretrained_checkpoint.restore_from_path, cfg.model.restore_from_path
+    if a and b and a != b:
+        raise ConfigError(f"pretrained_checkpoint.restore_from_path={a} and model.restore_from_path={b} "
+                          "disagree: set only pretrained_checkpoint.restore_from_path",
+                          key="pretrained_checkpoint.restore_from_path")
+    return a or b
+
+
 def _rm_optim() -> OptimConfig:
     # NeMo-Aligner's training_rm.yaml defaults.
     return OptimConfig(lr=9e-6, weight_decay=0.1, sched=OptimSchedConfig(warmup_steps=10, constant_steps=1000,
@@ -162,12 +173,7 @@ class RMConfig(RunConfig):
 
     def restore_path(self) -> Optional[str]:
         """``pretrained_checkpoint.restore_from_path`` (``model.restore_from_path`` is accepted too)."""
-        a, b = self.pretrained_checkpoint.restore_from_path, self.model.restore_from_path
-        if a and b and a != b:
-            raise ConfigError(f"pretrained_checkpoint.restore_from_path={a} and model.restore_from_path={b} "
-                              "disagree: set only pretrained_checkpoint.restore_from_path",
-                              key="pretrained_checkpoint.restore_from_path")
-        return a or b
+        return pretrained_path(self)
 
     def resolve(self) -> RMConfig:
         """The architecture from the restored checkpoint, ``num_attributes`` from ``model.regression``."""

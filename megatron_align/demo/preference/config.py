@@ -8,7 +8,6 @@ exo`` ``[exo-rw]``; ``preference.methods=[dpo,exo-rw]`` runs both into one plot.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from megatron_align.config import ConfigError, RunConfig, check_batch_sizes
@@ -20,6 +19,7 @@ from megatron_align.demo.steerlm.config import (
     DemoModelConfig,
     DemoTrainerConfig,
     StageSection,
+    resolve_precision,
 )
 
 SIZES: dict[str, tuple[str, ...]] = {
@@ -89,12 +89,7 @@ class PreferenceDemoConfig(RunConfig):
 
     def resolve(self) -> PreferenceDemoConfig:
         """``trainer.precision=auto`` made concrete (``fast_precision``), as the SteerLM demo does."""
-        if str(self.trainer.precision).strip().lower() != "auto":
-            return self
-        from megatron_align.distributed.hardware import fast_precision
-
-        trainer = dataclasses.replace(self.trainer, precision=fast_precision())
-        return dataclasses.replace(self, trainer=trainer)
+        return resolve_precision(self)
 
     def validate(self, world_size: int) -> None:
         m, p = self.model, self.preference

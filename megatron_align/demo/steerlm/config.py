@@ -204,12 +204,7 @@ class DemoConfig(RunConfig):
 
     def resolve(self) -> DemoConfig:
         """``trainer.precision=auto`` made concrete (``fast_precision``) before validation and the stages."""
-        if str(self.trainer.precision).strip().lower() != "auto":
-            return self
-        from megatron_align.distributed.hardware import fast_precision  # torch: only when it is needed
-
-        trainer = dataclasses.replace(self.trainer, precision=fast_precision())
-        return dataclasses.replace(self, trainer=trainer)
+        return resolve_precision(self)
 
     def validate(self, world_size: int) -> None:
         m = self.model
@@ -238,6 +233,15 @@ class DemoConfig(RunConfig):
                               f"{', '.join(STEERLM_ATTRIBUTES)}", key="evaluation.attributes")
         if self.bootstrap.temperature <= 0:
             raise ConfigError("bootstrap.temperature must be > 0", key="bootstrap.temperature")
+
+
+def resolve_precision(cfg):
+    """``cfg`` with ``trainer.precision=auto`` replaced by the fast precision of this machine."""
+    if str(cfg.trainer.precision).strip().lower() != "auto":
+        return cfg
+    from megatron_align.distributed.hardware import fast_precision  # torch: only when it is needed
+
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, precision=fast_precision()))
 
 
 def with_size_preset(argv: Sequence[str]) -> list[str]:
