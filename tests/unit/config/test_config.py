@@ -552,5 +552,6 @@ def test_demo_takes_an_optional_stage_name(capsys):
     from megatron_align.cli import main
 
     assert main(["demo", "steerlm", "--help"]) == 0 and "megatron-align demo" in capsys.readouterr().out
-    assert main(["demo", "dpo"]) == 2
-    assert capsys.readouterr().err.strip() == "config error: unknown demo 'dpo'; available: steerlm"
+    assert main(["demo", "dpo", "--help"]) == 0 and "preference." in capsys.readouterr().out
+    assert main(["demo", "ppo"]) == 2
+    assert capsys.readouterr().err.strip() == "config error: unknown demo 'ppo'; available: steerlm, dpo, exo"
