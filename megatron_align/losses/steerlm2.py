@@ -14,6 +14,16 @@ with the self-normalized importance weights, each a softmax over the prompt's n 
 KL(w' || b') per group is the logged distance between the target and the current policy. Responses of all
 prompts lie in one flat batch [M]; ``offsets [G+1]`` (cu_seqlens) mark the groups, as in
 ``kernels.group_softmax``, whose ``group_log_softmax`` / ``group_kl`` do the work.
+
+The loss whose gradient is that estimator, per group g of n_g responses (``steerlm2_loss``):
+
+    L_g = -(1 / N_g) sum_{i in g} (w'_i - b'_i) log Q_theta(y_i|a,x),   log Q_theta(y) = sum_t log Q(y_t|.)
+
+with N_g = the group's mean response length in tokens (``normalization="group_mean"``, NeMo-Aligner's
+choice: its loss divides each prompt's sum by the mean length of its responses, so a learning rate tuned there
+carries over) or N_g = 1 (``"none"``, the estimator as the paper writes it); the trainer averages L_g over the
+prompts of the global batch. Groups may have different n (n = 1 contributes 0: w' = b' = 1).
+``weight_stats`` gives the entropy and the effective sample size 1 / sum_i w'_i^2 of each group's w'.
 """
 
 from __future__ import annotations
@@ -22,9 +32,12 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_align.kernels.group_softmax import group_kl, group_log_softmax
+from megatron_align.kernels.group_softmax import group_kl, group_log_softmax, segment_ids
 
-__all__ = ["SteerLM2Weights", "steerlm2_weights"]
+__all__ = ["LENGTH_NORMALIZATIONS", "SteerLM2Weights", "steerlm2_loss", "steerlm2_weights", "weight_stats"]
+
+LENGTH_NORMALIZATIONS = ("group_mean", "none")
+"""``normalization`` values of ``steerlm2_loss`` (module docstring)."""
 
 
 @dataclass
@@ -65,3 +78,41 @@ def steerlm2_weights(log_p_a_given_xy: torch.Tensor, log_p_y_given_x: torch.Tens
     w, b = log_w.exp(), log_b.exp()
     return SteerLM2Weights(weights=w - b, w_prime=w, b_prime=b, log_w_prime=log_w, log_b_prime=log_b,
                            kl=group_kl(log_w, log_b, offsets))
+
+
+def steerlm2_loss(log_q_theta: torch.Tensor, coefficients: torch.Tensor, offsets: torch.Tensor,
+                  lengths: torch.Tensor, normalization: str = "group_mean") -> torch.Tensor:
+    """L_g per group [G] (module docstring), in ``log_q_theta``'s dtype (float64 stays float64).
+
+    log_q_theta:  [M] sum_t log Q_theta(y_it|a,x) per response, with gradient
+    coefficients: [M] w' - b' (``SteerLM2Weights.weights``), used as constants
+    offsets:      [G+1] int64 cu_seqlens of the groups
+    lengths:      [M] response tokens per response (the terms of log Q_theta)
+    """
+    if normalization not in LENGTH_NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r}: use one of {', '.join(LENGTH_NORMALIZATIONS)}")
+    shape = log_q_theta.shape
+    if log_q_theta.dim() != 1 or coefficients.shape != shape or lengths.shape != shape:
+        raise ValueError(f"log_q_theta, coefficients and lengths must be one [M] shape, got "
+                         f"{tuple(log_q_theta.shape)}, {tuple(coefficients.shape)}, {tuple(lengths.shape)}")
+    dtype, m, g = log_q_theta.dtype, log_q_theta.numel(), offsets.numel() - 1
+    seg = segment_ids(offsets, m)  # [M]
+    per_row = -coefficients.detach().to(dtype) * log_q_theta  # [M]
+    if normalization == "group_mean":
+        sizes = (offsets[1:] - offsets[:-1]).to(dtype).clamp(min=1)  # [G]
+        tokens = torch.zeros(g, dtype=dtype, device=log_q_theta.device).index_add(0, seg, lengths.to(dtype))
+        per_row = per_row / (tokens / sizes).clamp(min=1)[seg]  # / N_g
+    return torch.zeros(g, dtype=dtype, device=log_q_theta.device).index_add(0, seg, per_row)  # [G]
+
+
+@torch.no_grad()
+def weight_stats(log_w: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entropy [G], effective sample size [G]) of normalized log-weights [M] per group: -sum w log w
+    (0 log 0 = 0) and 1 / sum w^2 (between 1 and n)."""
+    w = log_w.exp()
+    seg = segment_ids(offsets, log_w.numel())
+    g = offsets.numel() - 1
+    terms = torch.where(w > 0, -w * log_w, torch.zeros_like(w))
+    entropy = torch.zeros(g, dtype=w.dtype, device=w.device).index_add(0, seg, terms)
+    sq = torch.zeros(g, dtype=w.dtype, device=w.device).index_add(0, seg, w * w)
+    return entropy, 1.0 / sq.clamp(min=torch.finfo(w.dtype).tiny)

@@ -97,3 +97,93 @@ def test_shape_mismatch_raises():
     off = group_sizes_to_offsets([2])
     with pytest.raises(ValueError, match="one shape"):
         steerlm2_weights(torch.zeros(2), torch.zeros(2), torch.zeros(3), torch.zeros(2), off)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the loss: its gradient is the estimator (float64)
+# ------------------------------------------------------------------------------------------------------------
+def _tiny_policy(seed=0):
+    """log Q_theta(y) = sum_t log softmax(W e(y_{t-1}))[y_t] for a float64 W [V, V] (a differentiable toy)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(7, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    seqs = [torch.randint(0, 7, (n,), generator=g) for n in (4, 6, 3, 5, 2, 7, 4, 3)]
+
+    def seq_logp(weight, y):
+        logits = weight[y[:-1]]  # [T-1, V]
+        return torch.log_softmax(logits, -1).gather(1, y[1:, None]).sum()
+
+    return w, seqs, seq_logp
+
+
+def _coefficients(log_q_theta, offsets, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    m = log_q_theta.numel()
+    p_a, p_y = torch.randn(m, generator=g) - 2, torch.randn(m, generator=g) * 3 - 20
+    q_prime = torch.randn(m, generator=g) * 3 - 20
+    return steerlm2_weights(p_a, p_y, q_prime, log_q_theta.detach().float(), offsets).weights.double()
+
+
+@pytest.mark.parametrize("normalization", ["group_mean", "none"])
+def test_loss_gradient_is_the_estimator(normalization):
+    """autograd grad of sum_g L_g == -sum_g (1/N_g) sum_i (w' - b')_i grad log Q_theta(y_i), per sequence."""
+    from megatron_align.losses.steerlm2 import steerlm2_loss
+
+    w, seqs, seq_logp = _tiny_policy()
+    sizes = [1, 2, 5]  # ragged groups
+    offsets = group_sizes_to_offsets(torch.tensor(sizes))
+    lengths = torch.tensor([len(y) - 1 for y in seqs])
+    logq = torch.stack([seq_logp(w, y) for y in seqs])  # [M] float64
+    c = _coefficients(logq, offsets)
+    loss = steerlm2_loss(logq, c, offsets, lengths, normalization)
+    assert loss.dtype == torch.float64 and loss[0] == 0  # n = 1: w' = b' = 1
+    (grad,) = torch.autograd.grad(loss.sum(), w)
+    want = torch.zeros_like(w)
+    start = 0
+    for n in sizes:
+        n_g = float(lengths[start:start + n].double().mean()) if normalization == "group_mean" else 1.0
+        for i in range(start, start + n):
+            (gi,) = torch.autograd.grad(seq_logp(w, seqs[i]), w)
+            want -= float(c[i]) / n_g * gi
+        start += n
+    assert torch.allclose(grad, want, rtol=1e-12, atol=1e-14)
+
+
+def test_equal_weights_give_zero_gradient_and_groups_are_independent():
+    from megatron_align.losses.steerlm2 import steerlm2_loss
+
+    w, seqs, seq_logp = _tiny_policy(3)
+    offsets = group_sizes_to_offsets(torch.tensor([1, 2, 5]))
+    lengths = torch.tensor([len(y) - 1 for y in seqs])
+    logq = torch.stack([seq_logp(w, y) for y in seqs])
+    q_prime = torch.full((8,), -5.0)
+    # w' = b' when log P(a|x,y) + log P(y|x) equals log Q_theta (up to a per-group constant)
+    theta = logq.detach().float()
+    same = steerlm2_weights(theta + 1.0, torch.zeros(8), q_prime, theta, offsets)
+    assert same.weights.abs().max() < 1e-6  # fp32 rounding of two equal softmaxes
+    loss = steerlm2_loss(logq, same.weights.double(), offsets, lengths)
+    (grad,) = torch.autograd.grad(loss.sum(), w, retain_graph=True)
+    assert grad.abs().max() < 1e-5
+    loss = steerlm2_loss(logq, torch.zeros(8, dtype=torch.float64), offsets, lengths)
+    (grad,) = torch.autograd.grad(loss.sum(), w)
+    assert torch.count_nonzero(grad) == 0
+    # packed ragged groups give each group's own loss
+    c = _coefficients(logq, offsets, seed=5)
+    packed = steerlm2_loss(logq, c, offsets, lengths)
+    for gi, (a, b) in enumerate([(0, 1), (1, 3), (3, 8)]):
+        alone = steerlm2_loss(logq[a:b], c[a:b], torch.tensor([0, b - a]), lengths[a:b])
+        assert torch.allclose(packed[gi], alone[0], rtol=1e-14)
+
+
+def test_weight_stats_entropy_and_effective_sample_size_by_hand():
+    from megatron_align.losses.steerlm2 import weight_stats
+
+    w = [0.5, 0.25, 0.25, 1.0, 0.9, 0.1]
+    offsets = group_sizes_to_offsets(torch.tensor([3, 1, 2]))
+    entropy, ess = weight_stats(torch.tensor(w, dtype=torch.float64).log(), offsets)
+    assert entropy.tolist() == pytest.approx([-(0.5 * math.log(0.5) + 0.5 * math.log(0.25)), 0.0,
+                                              -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))])
+    assert ess.tolist() == pytest.approx([1 / (0.25 + 2 * 0.0625), 1.0, 1 / 0.82])
+    with pytest.raises(ValueError, match="normalization"):
+        from megatron_align.losses.steerlm2 import steerlm2_loss
+
+        steerlm2_loss(torch.zeros(2), torch.zeros(2), torch.tensor([0, 2]), torch.ones(2), "mean")
