@@ -25,9 +25,7 @@ record. Every case is counted in the file's report; no item ever has an empty co
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -36,8 +34,7 @@ import numpy as np
 import torch
 
 from megatron_align.config.data import ChatPromptTokens
-from megatron_align.data.errors import RECORD_FIELD, DataError, DataReport, RecordError, check_on_bad_record
-from megatron_align.data.jsonl import JsonlFile
+from megatron_align.data.errors import RecordError
 from megatron_align.data.nemo_chat import SYSTEM_NAME
 from megatron_align.data.preference import (
     CompletionGroup,
@@ -45,6 +42,7 @@ from megatron_align.data.preference import (
     parse_dpo_record,
     parse_exo_record,
 )
+from megatron_align.data.record_file import RecordFile
 from megatron_align.data.tokenize import Rendered, encode_rendered
 
 logger = logging.getLogger(__name__)
@@ -97,58 +95,6 @@ class PreferenceItem:
         return len(self.sequences) // self.group_size
 
 
-class _JsonArrayFile:
-    """A JSON array file read whole (the EXO repository's files), with each element's line number."""
-
-    def __init__(self, path: str, text: str):
-        self.path = path
-        dec = json.JSONDecoder()
-        start = text.index("[") + 1
-        self._records, self._lines = [], []
-        pos, line = start, text.count("\n", 0, start) + 1
-        while True:
-            while pos < len(text) and text[pos] in " \t\r\n,":
-                line += text[pos] == "\n"
-                pos += 1
-            if pos >= len(text) or text[pos] == "]":
-                break
-            try:
-                obj, end = dec.raw_decode(text, pos)
-            except json.JSONDecodeError as e:
-                raise DataError(path, e.lineno, RECORD_FIELD, f"invalid JSON: {e.msg} (column {e.colno})"
-                                ) from None
-            self._records.append(obj)
-            self._lines.append(line)
-            line += text.count("\n", pos, end)
-            pos = end
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def record(self, k: int) -> object:
-        return self._records[k]
-
-    def line_number(self, k: int) -> int:
-        return self._lines[k]
-
-    def where(self, k: int) -> str:
-        return f"{self.path}:{self._lines[k]}"
-
-
-def open_records(path: str | os.PathLike, index_dir: Optional[str] = None):
-    """A JSONL file (lazy) or a JSON array file (read whole), by its first non-blank character."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    except OSError as e:
-        raise DataError(path, None, None, f"cannot read: {e.strerror or e}") from None
-    if head.startswith(b"["):
-        with open(path, encoding="utf-8-sig") as f:
-            return _JsonArrayFile(path, f.read())
-    return JsonlFile(path, index_dir=index_dir)
-
-
 def _chat_prompt_text(messages: list, t: ChatPromptTokens) -> str:
     """NeMo-Aligner's rendering of a chat prompt (system turn, then the turns; no trailing header)."""
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
@@ -159,27 +105,12 @@ def _chat_prompt_text(messages: list, t: ChatPromptTokens) -> str:
     return "".join(parts)
 
 
-class PreferenceFile:
+class PreferenceFile(RecordFile):
     """One file of preference records; ``item(k)`` is record ``k`` tokenized, or None (counted)."""
 
     def __init__(self, path, tokenizer, rules: PreferenceRules, index_dir: Optional[str] = None):
-        check_on_bad_record(rules.on_bad_record)
+        super().__init__(path, rules.on_bad_record, index_dir)
         self.rules, self.tokenizer = rules, tokenizer
-        self.file = open_records(path, index_dir)
-        self.path = self.file.path
-        self.report = DataReport(self.path)
-        """What was skipped, dropped, truncated or ignored, by reason."""
-        if len(self.file) == 0:
-            raise DataError(self.path, None, None, "no records (the file is empty)")
-
-    def __len__(self) -> int:
-        return len(self.file)
-
-    def _bad(self, k: int, field_name: Optional[str], problem: str) -> None:
-        err = DataError(self.path, self.file.line_number(k), field_name, problem)
-        if self.rules.on_bad_record == "error":
-            raise err
-        self.report.add("bad_record", str(err), key=err.line)
 
     def _texts(self, obj: object) -> tuple[str, list, list, np.ndarray, int]:
         """(prompt text, completion texts, their field names, rewards, group size) of a record
@@ -209,20 +140,9 @@ class PreferenceFile:
                            for c in completions]
         return prompt, completions, names, np.asarray(group.rewards, dtype=np.float32), k
 
-    def item(self, k: int) -> Optional[PreferenceItem]:
-        """Record ``k`` as an item; None when skipped or dropped (counted)."""
-        try:
-            obj = self.file.record(k)
-        except DataError as err:
-            if self.rules.on_bad_record == "error":
-                raise
-            self.report.add("bad_record", str(err), key=err.line)
-            return None
-        try:
-            prompt, completions, names, rewards, group_size = self._texts(obj)
-        except RecordError as e:
-            self._bad(k, e.field, e.problem)
-            return None
+    def parse(self, obj: object, k: int) -> Optional[PreferenceItem]:
+        """Record ``k`` as an item (``RecordError`` when malformed); None when dropped (counted)."""
+        prompt, completions, names, rewards, group_size = self._texts(obj)
         where = self.file.where(k)
         seqs, targets = [], []
         for i, c in enumerate(completions):
@@ -233,8 +153,7 @@ class PreferenceFile:
                                 "and the start of the completion (trained; NeMo-Aligner stops here)",
                                 key=(k, i))
             if not enc.target_mask[1:].any():
-                self._bad(k, names[i], "no token after the prompt (an empty response)")
-                return None
+                raise RecordError(names[i], "no token after the prompt (an empty response)")
             seqs.append(enc.ids)
             targets.append(enc.target_mask)
         item = PreferenceItem(seqs, targets, rewards, group_size, source=where)
@@ -269,19 +188,12 @@ class PreferenceFile:
         return item
 
 
-def collate_preference(items: Sequence[PreferenceItem], pad_id: int, seq_length: Optional[int] = None,
-                       pad_to_multiple_of: int = 16) -> dict:
-    """Items -> one micro-batch of all their sequences, item after item, right-padded.
-
-    Keys: ``tokens`` / ``position_ids`` / ``labels`` ``int64 [R, S]`` (labels: the next token),
-    ``loss_mask`` ``float32 [R, S]`` (1 where the next token is trained), ``lengths`` ``int64 [R]``,
-    ``rewards`` ``float32 [R]``, ``offsets`` ``int64 [G + 1]`` (each group's first row), ``ignored``
-    ``bool [G]``. ``S`` is ``seq_length`` when given (pipeline parallelism), else the longest row rounded up.
-    """
-    if not items:
-        raise ValueError("cannot collate an empty list of items")
-    seqs = [s for it in items for s in it.sequences]
-    targets = [t for it in items for t in it.targets]
+def collate_rows(seqs: Sequence[np.ndarray], targets: Sequence[np.ndarray], pad_id: int,
+                 seq_length: Optional[int] = None, pad_to_multiple_of: int = 16) -> dict:
+    """Sequences ``[T_i]`` with their trained-token masks -> right-padded rows: ``tokens`` /
+    ``position_ids`` / ``labels`` ``int64 [R, S]`` (labels: the next token), ``loss_mask`` ``float32 [R, S]``
+    (1 where the next token is trained), ``lengths`` ``int64 [R]``. ``S`` is ``seq_length`` when given
+    (pipeline parallelism), else the longest row rounded up to ``pad_to_multiple_of``."""
     longest = max(len(s) for s in seqs)
     m = max(1, pad_to_multiple_of)
     width = seq_length if seq_length is not None else max(m, -(-longest // m) * m)
@@ -296,19 +208,27 @@ def collate_preference(items: Sequence[PreferenceItem], pad_id: int, seq_length:
         tokens[i, :n] = s
         labels[i, :n - 1] = s[1:]
         mask[i, :n - 1] = t[1:]
+    positions = torch.arange(width, dtype=torch.int64).unsqueeze(0).expand(r, -1)  # [R, S]
+    return {"tokens": torch.from_numpy(tokens), "position_ids": positions.contiguous(),
+            "labels": torch.from_numpy(labels), "loss_mask": torch.from_numpy(mask),
+            "lengths": torch.tensor([len(s) for s in seqs], dtype=torch.int64)}
+
+
+def collate_preference(items: Sequence[PreferenceItem], pad_id: int, seq_length: Optional[int] = None,
+                       pad_to_multiple_of: int = 16) -> dict:
+    """Items -> one micro-batch of all their sequences, item after item (``collate_rows``), plus
+    ``rewards`` ``float32 [R]``, ``offsets`` ``int64 [G + 1]`` (each group's first row) and ``ignored``
+    ``bool [G]``."""
+    if not items:
+        raise ValueError("cannot collate an empty list of items")
+    batch = collate_rows([s for it in items for s in it.sequences], [t for it in items for t in it.targets],
+                         pad_id, seq_length, pad_to_multiple_of)
     offsets, ignored = [0], []
     for it in items:
         for _ in range(it.num_groups):
             offsets.append(offsets[-1] + it.group_size)
             ignored.append(it.ignored)
-    positions = torch.arange(width, dtype=torch.int64).unsqueeze(0).expand(r, -1)  # [R, S]
-    return {
-        "tokens": torch.from_numpy(tokens),
-        "position_ids": positions.contiguous(),
-        "labels": torch.from_numpy(labels),
-        "loss_mask": torch.from_numpy(mask),
-        "lengths": torch.tensor([len(s) for s in seqs], dtype=torch.int64),
-        "rewards": torch.from_numpy(np.concatenate([it.rewards for it in items]).astype(np.float32)),
-        "offsets": torch.tensor(offsets, dtype=torch.int64),
-        "ignored": torch.tensor(ignored, dtype=torch.bool),
-    }
+    batch.update(rewards=torch.from_numpy(np.concatenate([it.rewards for it in items]).astype(np.float32)),
+                 offsets=torch.tensor(offsets, dtype=torch.int64),
+                 ignored=torch.tensor(ignored, dtype=torch.bool))
+    return batch
