@@ -15,9 +15,9 @@ import torch
 
 from megatron_align.config.stages.dpo import EXO_LOSSES, DPOConfig
 from megatron_align.distributed.launch import compute_device
-from megatron_align.logprobs import token_logprobs
 from megatron_align.losses.preference import PREFERENCE_METRICS, PreferenceSpec, preference_objective
 from megatron_align.losses.reduce import megatron_loss
+from megatron_align.training.sequence_logps import on_device, score_rows, sequence_logps
 
 
 def spec_of(cfg: DPOConfig) -> PreferenceSpec:
@@ -30,11 +30,6 @@ def spec_of(cfg: DPOConfig) -> PreferenceSpec:
                           beta_pi=d.ref_policy_kl_penalty if d.beta_pi is None else d.beta_pi)
 
 
-def _on_device(batch: dict) -> dict:
-    dev = compute_device()
-    return {k: v.to(dev) for k, v in batch.items()}
-
-
 class PreferenceObjective:
     """What one run optimizes and how its per-micro-batch metric sums read."""
 
@@ -45,11 +40,7 @@ class PreferenceObjective:
 
     def sequence_logps(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """sum_t m_t log p(y_t) per row [R] from the vocab-parallel logits [R, S, V/tp]."""
-        from megatron.core import parallel_state as ps
-
-        lp = token_logprobs(logits, batch["labels"], tp_group=ps.get_tensor_model_parallel_group(),
-                            temperature=self.temperature, loss_mask=batch["loss_mask"])  # [R, S]
-        return (lp * batch["loss_mask"]).sum(-1)  # [R]
+        return sequence_logps(logits, batch, self.temperature)
 
     def loss_func(self, batch: dict, logits: torch.Tensor):
         policy = self.sequence_logps(logits, batch)  # [R]
@@ -59,7 +50,7 @@ class PreferenceObjective:
 
     def forward_step(self, data_iterator, model):
         """megatron forward_step_func of training and validation."""
-        batch = _on_device(next(data_iterator))
+        batch = on_device(next(data_iterator))
         logits = model(batch["tokens"], batch["position_ids"], None)  # [R, S, V/tp] on the last stage
         return logits, partial(self.loss_func, batch)
 
@@ -93,27 +84,4 @@ def reference_logps(objective: PreferenceObjective, ddp, microbatches: list, seq
                     rows: int) -> list:
     """Forward only over ``microbatches`` with whatever weights the model holds: per micro-batch the rows'
     sequence log-probs ``float32 [R]`` on the CPU (zeros off the last pipeline stage)."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    def step(data_iterator, model):
-        batch = _on_device(next(data_iterator))
-        logits = model(batch["tokens"], batch["position_ids"], None)
-
-        def collect(output, non_loss_data=True):
-            return objective.sequence_logps(output, batch).detach().float().cpu()
-
-        return logits, collect
-
-    ddp.eval()
-    try:
-        with torch.no_grad():
-            out = get_forward_backward_func()(
-                forward_step_func=step, data_iterator=iter(microbatches), model=[ddp],
-                num_microbatches=len(microbatches), seq_length=seq_length, micro_batch_size=rows,
-                forward_only=True, collect_non_loss_data=True)
-    finally:
-        ddp.train()
-    if ps.is_pipeline_last_stage(ignore_virtual=True):
-        return list(out)
-    return [torch.zeros(b["tokens"].shape[0]) for b in microbatches]
+    return score_rows(ddp, microbatches, seq_length, rows, objective.temperature)
