@@ -35,7 +35,6 @@ import torch
 from megatron_align.algorithms.dpo_objective import PreferenceObjective, reference_logps
 from megatron_align.algorithms.dpo_reference import PrecomputedReference, cache_key
 from megatron_align.config import ConfigError, ModelConfig
-from megatron_align.config.restore import merge_architecture
 from megatron_align.config.stages.dpo import EXO_LOSSES, DPOConfig
 from megatron_align.config.stages.reward_model import split_files
 
@@ -43,14 +42,10 @@ logger = logging.getLogger(__name__)
 
 
 def _restored_config(m, path: str) -> ModelConfig:
-    from megatron_align.models.checkpoint import checkpoint_kind, read_model_config
+    from megatron_align.training.run import restored_gpt_config
 
-    kind = checkpoint_kind(path)
-    if kind != "gpt":
-        raise ConfigError(f"pretrained_checkpoint.restore_from_path={path} is a {kind} model checkpoint; "
-                          "preference training starts from a language model (SFT) checkpoint",
-                          key="pretrained_checkpoint.restore_from_path")
-    return merge_architecture(m, read_model_config(path), source=path)
+    return restored_gpt_config(m, path, "pretrained_checkpoint.restore_from_path",
+                               "preference training starts from a language model (SFT) checkpoint")
 
 
 def build_preference_datasets(cfg: DPOConfig, tokenizer, seq_length: int):

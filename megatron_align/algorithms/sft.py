@@ -17,8 +17,8 @@ import dataclasses
 import logging
 from functools import partial
 
-from megatron_align.config import ConfigError, ModelConfig
-from megatron_align.config.restore import check_context, merge_architecture
+from megatron_align.config import ModelConfig
+from megatron_align.config.restore import check_context
 from megatron_align.config.stages.sft import SFTConfig
 
 logger = logging.getLogger(__name__)
@@ -83,12 +83,9 @@ def run_sft(cfg: SFTConfig) -> dict:
 
 def _restored_config(m, path: str) -> ModelConfig:
     """The architecture of the GPT checkpoint at ``path``, with this run's settings."""
-    from megatron_align.models.checkpoint import checkpoint_kind, read_model_config
+    from megatron_align.training.run import restored_gpt_config
 
-    kind = checkpoint_kind(path)
-    if kind != "gpt":
-        raise ConfigError(f"model.restore_from_path={path} is a {kind} model checkpoint; SFT fine-tunes a "
-                          "language model: give a GPT checkpoint", key="model.restore_from_path")
-    model_cfg = merge_architecture(m, read_model_config(path), source=path)
+    model_cfg = restored_gpt_config(m, path, "model.restore_from_path",
+                                    "SFT fine-tunes a language model: give a GPT checkpoint")
     check_context(m.data, model_cfg, path)
     return model_cfg

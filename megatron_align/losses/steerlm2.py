@@ -34,7 +34,8 @@ import torch
 
 from megatron_align.kernels.group_softmax import group_kl, group_log_softmax, segment_ids
 
-__all__ = ["LENGTH_NORMALIZATIONS", "SteerLM2Weights", "steerlm2_loss", "steerlm2_weights", "weight_stats"]
+__all__ = ["LENGTH_NORMALIZATIONS", "SteerLM2Weights", "row_coefficients", "steerlm2_loss",
+           "steerlm2_weights", "weight_stats"]
 
 LENGTH_NORMALIZATIONS = ("group_mean", "none")
 """``normalization`` values of ``steerlm2_loss`` (module docstring)."""
@@ -80,6 +81,25 @@ def steerlm2_weights(log_p_a_given_xy: torch.Tensor, log_p_y_given_x: torch.Tens
                            kl=group_kl(log_w, log_b, offsets))
 
 
+def row_coefficients(coefficients: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor,
+                     normalization: str = "group_mean") -> torch.Tensor:
+    """(w'_i - b'_i) / N_g per response [M] (module docstring), detached: the loss of response i is
+    ``-row_coefficient_i * log Q_theta(y_i)``, so a group's responses may lie in different micro-batches."""
+    if normalization not in LENGTH_NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r}: use one of {', '.join(LENGTH_NORMALIZATIONS)}")
+    if coefficients.dim() != 1 or lengths.shape != coefficients.shape:
+        raise ValueError(f"coefficients and lengths must be one [M] shape, got {tuple(coefficients.shape)} "
+                         f"and {tuple(lengths.shape)}")
+    c = coefficients.detach()
+    if normalization == "none":
+        return c
+    dtype, m, g = c.dtype, c.numel(), offsets.numel() - 1
+    seg = segment_ids(offsets, m)  # [M]
+    sizes = (offsets[1:] - offsets[:-1]).to(dtype).clamp(min=1)  # [G]
+    tokens = torch.zeros(g, dtype=dtype, device=c.device).index_add(0, seg, lengths.to(dtype))  # [G]
+    return c / (tokens / sizes).clamp(min=1)[seg]  # / N_g
+
+
 def steerlm2_loss(log_q_theta: torch.Tensor, coefficients: torch.Tensor, offsets: torch.Tensor,
                   lengths: torch.Tensor, normalization: str = "group_mean") -> torch.Tensor:
     """L_g per group [G] (module docstring), in ``log_q_theta``'s dtype (float64 stays float64).
@@ -89,20 +109,14 @@ def steerlm2_loss(log_q_theta: torch.Tensor, coefficients: torch.Tensor, offsets
     offsets:      [G+1] int64 cu_seqlens of the groups
     lengths:      [M] response tokens per response (the terms of log Q_theta)
     """
-    if normalization not in LENGTH_NORMALIZATIONS:
-        raise ValueError(f"normalization={normalization!r}: use one of {', '.join(LENGTH_NORMALIZATIONS)}")
-    shape = log_q_theta.shape
-    if log_q_theta.dim() != 1 or coefficients.shape != shape or lengths.shape != shape:
-        raise ValueError(f"log_q_theta, coefficients and lengths must be one [M] shape, got "
-                         f"{tuple(log_q_theta.shape)}, {tuple(coefficients.shape)}, {tuple(lengths.shape)}")
-    dtype, m, g = log_q_theta.dtype, log_q_theta.numel(), offsets.numel() - 1
-    seg = segment_ids(offsets, m)  # [M]
-    per_row = -coefficients.detach().to(dtype) * log_q_theta  # [M]
-    if normalization == "group_mean":
-        sizes = (offsets[1:] - offsets[:-1]).to(dtype).clamp(min=1)  # [G]
-        tokens = torch.zeros(g, dtype=dtype, device=log_q_theta.device).index_add(0, seg, lengths.to(dtype))
-        per_row = per_row / (tokens / sizes).clamp(min=1)[seg]  # / N_g
-    return torch.zeros(g, dtype=dtype, device=log_q_theta.device).index_add(0, seg, per_row)  # [G]
+    if log_q_theta.shape != coefficients.shape:
+        raise ValueError(f"log_q_theta {tuple(log_q_theta.shape)} and coefficients "
+                         f"{tuple(coefficients.shape)} must be one [M] shape")
+    rc = row_coefficients(coefficients.to(log_q_theta.dtype), offsets, lengths, normalization)  # [M]
+    seg = segment_ids(offsets, log_q_theta.numel())
+    g = offsets.numel() - 1
+    return torch.zeros(g, dtype=log_q_theta.dtype, device=log_q_theta.device).index_add(
+        0, seg, -rc * log_q_theta)  # [G]
 
 
 @torch.no_grad()

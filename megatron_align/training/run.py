@@ -77,6 +77,19 @@ def start_run(cfg, restore: Optional[str], restore_key: str,
     return RunStart(env, run_dir, rank0, tokenizer, tokenizer_dir, model_cfg)
 
 
+def restored_gpt_config(m: ModelConfig, path: str, key: str, why: str) -> ModelConfig:
+    """The architecture of the GPT checkpoint at ``path`` (named by config ``key``) with this run's layout and
+    training settings; a ``ConfigError`` naming ``key`` when it is another kind of model (``why``: what the
+    stage starts from, for the message)."""
+    from megatron_align.config.restore import merge_architecture
+    from megatron_align.models.checkpoint import checkpoint_kind, read_model_config
+
+    kind = checkpoint_kind(path)
+    if kind != "gpt":
+        raise ConfigError(f"{key}={path} is a {kind} model checkpoint; {why}", key=key)
+    return merge_architecture(m, read_model_config(path), source=path)
+
+
 @dataclass
 class Trainee:
     """The model being trained, its optimizer, its checkpoints and the train state it starts from."""
