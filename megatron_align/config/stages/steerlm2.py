@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_align.config.data import DataConfig
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.stages.sft import SFTConfig, SFTModelConfig
 
@@ -47,6 +48,8 @@ class SteerLM2ModelConfig(SFTModelConfig):
 
     steerlm2: SteerLM2Section = field(default_factory=SteerLM2Section)
     """Micro-batch sizes (in response rows) and the loss normalization."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(chat=True))
+    """``model.data.*``: the records' files and the chat template (``chat`` True: records are chats)."""
 
 
 @dataclass
