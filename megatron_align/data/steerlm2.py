@@ -92,6 +92,23 @@ def _string(obj: dict, key: str, where: Optional[str] = None) -> str:
     return obj[key]
 
 
+def steerlm2_prompt(system: str, turns: Sequence[tuple[str, str]], role: str, label: Optional[str],
+                    t: ChatPromptTokens) -> str:
+    """The text a response follows: the system turn, the ``(role, value)`` turns, the responder's header and,
+    with ``label``, the label line (module docstring)."""
+    parts = [f"{t.system_turn_start}{SYSTEM_NAME}{t.end_of_name}{system}{t.end_of_turn}"]
+    parts += [f"{t.turn_start}{r}{t.end_of_name}{v}{t.end_of_turn}" for r, v in turns]
+    parts.append(f"{t.turn_start}{role}{t.end_of_name}")
+    if label is not None:
+        parts.append(f"{t.label_start}{label}{t.end_of_name}")
+    return "".join(parts)
+
+
+def response_text(value: str, t: ChatPromptTokens) -> str:
+    """What a response adds after its prompt (and what is trained): ``{value}{end_of_turn}{turn_start}``."""
+    return f"{value}{t.end_of_turn}{t.turn_start}"
+
+
 def render_prompt(obj: dict, t: ChatPromptTokens) -> tuple[str, str, list[dict]]:
     """(prompt text up to the response, the responses' role, the responses) of a record; ``RecordError``."""
     if not isinstance(obj, dict):
@@ -103,13 +120,12 @@ def render_prompt(obj: dict, t: ChatPromptTokens) -> tuple[str, str, list[dict]]
     if len(turns) % 2 == 0:
         raise RecordError("prompt_turns", f"{len(turns)} turns: the prompt ends with a User turn (an odd "
                           "number of turns)")
-    parts = [f"{t.system_turn_start}{SYSTEM_NAME}{t.end_of_name}{system}{t.end_of_turn}"]
+    pairs = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise RecordError(f"prompt_turns[{i}]", f"expected an object, got {json_type(turn)}")
-        role = _string(turn, "from", f"prompt_turns[{i}].from")
-        value = _string(turn, "value", f"prompt_turns[{i}].value")
-        parts.append(f"{t.turn_start}{role}{t.end_of_name}{value}{t.end_of_turn}")
+        pairs.append((_string(turn, "from", f"prompt_turns[{i}].from"),
+                      _string(turn, "value", f"prompt_turns[{i}].value")))
     responses = obj.get("responses")
     if not isinstance(responses, list) or not responses:
         raise RecordError("responses", "missing" if responses is None else "expected a non-empty list")
@@ -121,7 +137,6 @@ def render_prompt(obj: dict, t: ChatPromptTokens) -> tuple[str, str, list[dict]]
     if len(roles) > 1:
         raise RecordError("responses", f"responses from several roles {sorted(roles)}; one role answers")
     role = roles.pop()
-    parts.append(f"{t.turn_start}{role}{t.end_of_name}")
     label = obj.get("label")
     if label is not None:
         if not isinstance(label, str):
@@ -130,8 +145,7 @@ def render_prompt(obj: dict, t: ChatPromptTokens) -> tuple[str, str, list[dict]]
             decode_label(label)
         except LabelError as e:
             raise RecordError("label", str(e)) from None
-        parts.append(f"{t.label_start}{label}{t.end_of_name}")
-    return "".join(parts), role, responses
+    return steerlm2_prompt(system, pairs, role, label, t), role, responses
 
 
 class SteerLM2File(RecordFile):
@@ -151,7 +165,7 @@ class SteerLM2File(RecordFile):
             value = _string(r, "value", f"responses[{i}].value")
             logs.append([log_value(r[key], f"responses[{i}].{key}") if key in r else
                          _missing(f"responses[{i}].{key}") for key in LOG_FIELDS])
-            answer = f"{value}{t.end_of_turn}{t.turn_start}"
+            answer = response_text(value, t)
             enc = encode_rendered(Rendered(prompt + answer, ((len(prompt), len(prompt) + len(answer)),)),
                                   self.tokenizer)
             if enc.boundary_merges:

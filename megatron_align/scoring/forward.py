@@ -74,9 +74,11 @@ def _from_last_stage(result: Optional[torch.Tensor], shape: tuple, dtype=torch.f
 
 
 def token_logprobs_of(model, seqs: list[list[int]], pad_id: int, vocab_size: int, micro_batch_size: int = 4,
-                      all_probs: bool = False) -> tuple[list[list[float]], Optional[list]]:
-    """Per sequence: ``len - 1`` log-probs of tokens 1.. given the tokens before, and (``all_probs``)
-    ``len - 1`` rows of ``vocab_size`` log-probs; every rank of the replica gets them."""
+                      all_probs: bool = False, temperature: float = 1.0,
+                      ) -> tuple[list[list[float]], Optional[list]]:
+    """Per sequence: ``len - 1`` log-probs of tokens 1.. given the tokens before (of softmax(logits /
+    ``temperature``)), and (``all_probs``) ``len - 1`` rows of ``vocab_size`` log-probs (of the raw logits);
+    every rank of the replica gets them."""
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
@@ -88,7 +90,8 @@ def token_logprobs_of(model, seqs: list[list[int]], pad_id: int, vocab_size: int
     tp_group = ps.get_tensor_model_parallel_group()
 
     def head(logits, tok, _lengths):  # logits [mbs, S, V/tp]
-        lp = token_logprobs(logits[:, :-1].float(), tok[:, 1:], tp_group=tp_group)  # [mbs, S-1]
+        lp = token_logprobs(logits[:, :-1].float(), tok[:, 1:], tp_group=tp_group,
+                            temperature=temperature)  # [mbs, S-1] of softmax(logits / temperature)
         if not all_probs:
             return lp, None
         full = gather_from_tensor_model_parallel_region(logits.float())  # [mbs, S, V]

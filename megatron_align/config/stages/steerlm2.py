@@ -16,9 +16,11 @@ This file is the schema; the loop is ``algorithms/steerlm2.py``; the formulas ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from megatron_align.config.data import DataConfig
 from megatron_align.config.errors import ConfigError
+from megatron_align.config.sampling import SamplingParams
 from megatron_align.config.stages.sft import SFTConfig, SFTModelConfig
 
 LENGTH_NORMALIZATIONS = ("group_mean", "none")
@@ -84,3 +86,66 @@ class SteerLM2Config(SFTConfig):
         if not m.restore_from_path:
             raise ConfigError("model.restore_from_path is not set: SteerLM 2.0 starts from the SteerLM "
                               "(attribute-conditioned SFT) model", key="model.restore_from_path")
+
+
+def _build_sampling() -> SamplingParams:
+    return SamplingParams(temperature=1.0, top_k=0, top_p=0.0, tokens_to_generate=256,
+                          end_strings=["<extra_id_1>"], random_seed=1234)
+
+
+@dataclass
+class BuildSteerLM2Config:
+    """``examples/nlp/gpt/build_steerlm2_dataset.py``: SteerLM 2.0's training records from labelled chats."""
+
+    input: Optional[str] = None
+    """NeMo chat JSONL whose last Assistant turn carries a SteerLM label: x = the system and the turns before
+    it, a = its label (``label`` overrides it for every record)."""
+    output: Optional[str] = None
+    """The records (seed 000's JSON lines, plus ``provenance``); work files go to ``<output>.work/``."""
+    policy_checkpoint: Optional[str] = None
+    """Q'(y|a,x): the SteerLM model the responses are sampled from (and scored by, for log Q')."""
+    sft_checkpoint: Optional[str] = None
+    """P(y|x): the SFT model, scoring each response after the prompt without the label line."""
+    rm_checkpoint: Optional[str] = None
+    """The 9-attribute regression reward model behind log P(a|x,y)."""
+    label: Optional[str] = None
+    """A label for every record instead of the last Assistant turn's (``quality:4,...``)."""
+    num_responses: int = 4
+    """Responses sampled per prompt (n)."""
+    sample: SamplingParams = field(default_factory=_build_sampling)
+    """Sampling (``SamplingParams``); chunk c of prompts is drawn with seed ``random_seed + c``."""
+    likelihood_sigma: float = 1.0
+    """sigma of log P(a|x,y)'s discretized Gaussian (``scoring/attribute_likelihood.py``)."""
+    chunk_size: int = 16
+    """Prompts per durable chunk: a killed run resumes at the first unfinished chunk."""
+    max_batch_size: int = 32
+    """Rows per generation batch."""
+    micro_batch_size: int = 8
+    """Sequences per scoring forward."""
+    precision: str = "32"
+    """Precision of the three models (32 | bf16)."""
+    on_bad_record: str = "error"
+    """error | skip (counted) for a malformed input record."""
+
+    def validate(self, world_size: int) -> None:
+        for key in ("input", "output", "policy_checkpoint", "sft_checkpoint", "rm_checkpoint"):
+            if not getattr(self, key):
+                raise ConfigError(f"{key} is not set", key=key)
+        s = self.sample
+        if s.greedy or s.top_k or (0.0 < s.top_p < 1.0) or s.repetition_penalty != 1.0 or \
+                s.min_tokens_to_generate:
+            raise ConfigError("sample: only temperature sampling is supported (top_k=0, top_p=0, "
+                              "repetition_penalty=1, min_tokens_to_generate=0, greedy=false): the stored "
+                              "log Q'(y|a,x) must be the sampling distribution's, computed teacher-forced",
+                              key="sample")
+        if s.random_seed is None:
+            raise ConfigError("sample.random_seed is not set: the build is reproducible only when seeded",
+                              key="sample.random_seed")
+        for key in ("num_responses", "chunk_size", "max_batch_size", "micro_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1", key=key)
+        if not self.likelihood_sigma > 0:
+            raise ConfigError(f"likelihood_sigma={self.likelihood_sigma} must be > 0", key="likelihood_sigma")
+        if world_size != 1:
+            raise ConfigError("the builder runs in one process (TP=PP=1); start it without torchrun",
+                              key="trainer.devices")
