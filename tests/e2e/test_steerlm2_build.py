@@ -1,0 +1,135 @@
+"""The SteerLM 2.0 dataset builder (``examples/nlp/gpt/build_steerlm2_dataset.py``) on tiny random models:
+
+- its records are seed 000's format, readable by the trainer's reader;
+- its three log-probs equal independent recomputations (full logits of each model, float64 log-softmax, by
+  hand; the reward model's predictions through the discretized Gaussian) to 1e-5;
+- killed with SIGKILL after a chunk and restarted, its output equals an uninterrupted run's byte for byte.
+"""
+
+import dataclasses
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import ROOT, run_in_session
+
+BUILD = ROOT / "examples" / "nlp" / "gpt" / "build_steerlm2_dataset.py"
+NAMES = ["quality", "toxicity", "humor", "creativity", "helpfulness", "correctness", "coherence",
+         "complexity", "verbosity"]  # the reward model's output order, written out as the seed lists them
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, megatron_single):
+    from megatron_align.models.checkpoint import save_checkpoint
+    from megatron_align.models.gpt import build_gpt_model
+    from megatron_align.models.reward import build_reward_model
+    from megatron_align.tokenizers import load_tokenizer, train_sentencepiece
+    from tests.helpers import tiny_llama
+
+    d = tmp_path_factory.mktemp("s2build")
+    chats = []
+    for k in range(6):
+        chats.append({"system": "Be nice.", "mask": "User", "type": "VALUE_TO_TEXT", "conversations": [
+            {"from": "User", "value": f"what is {k} plus {k}?", "label": None},
+            {"from": "Assistant", "value": f"{k} plus {k} is {2 * k}.",
+             "label": f"quality:{k % 5},helpfulness:4"}]})
+    (d / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    texts = [c["system"] + " ".join(t["value"] for t in c["conversations"]) for c in chats]
+    texts += ["System", "User", "Assistant", "quality:4,helpfulness:4 plus is what"]
+    tok = load_tokenizer("sentencepiece", str(train_sentencepiece(texts, d / "spm", vocab_size=300)))
+    tok.save(str(d / "tokdir"))
+    cfg = tiny_llama(vocab_size=tok.vocab_size, max_position_embeddings=128, encoder_seq_length=128,
+                     make_vocab_size_divisible_by=64)
+    torch.manual_seed(1)
+    save_checkpoint(d / "policy", build_gpt_model(cfg), cfg, tokenizer_dir=d / "tokdir")
+    torch.manual_seed(2)
+    save_checkpoint(d / "sft", build_gpt_model(cfg), cfg, tokenizer_dir=d / "tokdir")
+    rm_cfg = dataclasses.replace(cfg, num_attributes=9)
+    save_checkpoint(d / "rm", build_reward_model(rm_cfg), rm_cfg, tokenizer_dir=d / "tokdir")
+    return d
+
+
+def _args(d, out):
+    return [f"input={d / 'chats.jsonl'}", f"output={out}", f"policy_checkpoint={d / 'policy'}",
+            f"sft_checkpoint={d / 'sft'}", f"rm_checkpoint={d / 'rm'}", "num_responses=3", "chunk_size=2",
+            "sample.tokens_to_generate=12", "sample.temperature=0.9", "likelihood_sigma=0.7"]
+
+
+def _full_logps(ckpt, prompt, response, tokenizer):
+    """sum over the response's tokens of log softmax(logits / T) from the full (gathered) logits, float64."""
+    from megatron_align.data.tokenize import Rendered, encode_rendered
+    from tests.e2e.test_hf_parity import megatron_logits
+
+    text = Rendered(prompt + response, ((len(prompt), len(prompt) + len(response)),))
+    enc = encode_rendered(text, tokenizer)
+    logits = megatron_logits(ckpt, torch.tensor([enc.ids]))[0].double()  # [S, Vp]
+    return logits, enc
+
+
+def test_builder_log_probs_equal_independent_recomputation(models):
+    from megatron_align.config.data import ChatPromptTokens
+    from megatron_align.data.nemo_chat import Turn
+    from megatron_align.data.reward import RMDataset
+    from megatron_align.data.steerlm.records import SYSTEM_PROMPT
+    from megatron_align.data.steerlm.regression import regression_text
+    from megatron_align.data.steerlm2 import SteerLM2File, SteerLM2Rules, response_text, steerlm2_prompt
+    from megatron_align.scoring.reward_model import RewardScorer
+    from megatron_align.tokenizers import load_tokenizer_from_dir
+
+    d = models
+    out = d / "built.jsonl"
+    proc = run_in_session([sys.executable, str(BUILD), *_args(d, out)])
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(recs) == 6 and all(len(r["responses"]) == 3 for r in recs)
+    assert set(recs[0]) == {"system", "prompt_turns", "label", "responses", "provenance"}
+    assert recs[0]["provenance"]["logq"] == "temperature" and recs[2]["provenance"]["chunk"] == 1
+    items = RMDataset([SteerLM2File(out, load_tokenizer_from_dir(d / "tokdir"), SteerLM2Rules(128))])
+    assert len(items[5].sequences) == 3
+
+    tok = load_tokenizer_from_dir(d / "tokdir")
+    t = ChatPromptTokens()
+    scorer = RewardScorer(d / "rm", "32")
+    for rec in recs[:2]:
+        turns = [(x["from"], x["value"]) for x in rec["prompt_turns"]]
+        labelled = steerlm2_prompt(rec["system"], turns, "Assistant", rec["label"], t)
+        plain = steerlm2_prompt(rec["system"], turns, "Assistant", None, t)
+        for resp in rec["responses"]:
+            answer = response_text(resp["value"], t)
+            for ckpt, prompt, temp, key in ((d / "policy", labelled, 0.9, "log(Q(y|a,x))"),
+                                            (d / "sft", plain, 1.0, "log(P(y|x))")):
+                logits, enc = _full_logps(ckpt, prompt, answer, tok)
+                logp = torch.log_softmax(logits / temp, -1)
+                want = sum(float(logp[i - 1, enc.ids[i]]) for i in range(1, len(enc.ids))
+                           if enc.target_mask[i])
+                assert resp[key] == pytest.approx(want, abs=1e-5), key
+            chat = [Turn(r, v) for r, v in turns] + [Turn("Assistant", resp["value"])]
+            text = regression_text(SYSTEM_PROMPT, chat, len(turns), t)
+            pred = scorer.score([text])[0]
+            want = 0.0
+            for name, value in (x.split(":") for x in rec["label"].split(",")):
+                r = pred[NAMES.index(name)]
+                scale = range(-3, 5) if name == "quality" else range(0, 5)
+                z = sum(math.exp(-((v - r) ** 2) / (2 * 0.49)) for v in scale)
+                want += -((int(value) - r) ** 2) / (2 * 0.49) - math.log(z)
+            assert resp["log(P(a|x,y))"] == pytest.approx(want, abs=1e-5)
+
+
+def test_sigkill_then_restart_gives_the_same_bytes(models):
+    d = models
+    ref = d / "ref.jsonl"
+    assert run_in_session([sys.executable, str(BUILD), *_args(d, ref)]).returncode == 0
+    out = d / "killed.jsonl"
+    for hook in ("samples:1", "logpy:0"):
+        killed = run_in_session([sys.executable, str(BUILD), *_args(d, out)],
+                                {"MEGATRON_ALIGN_TEST_KILL_AFTER_CHUNK": hook})
+        assert killed.returncode == -9, killed.stderr[-3000:]
+        assert not out.exists()
+    resumed = run_in_session([sys.executable, str(BUILD), *_args(d, out)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert out.read_bytes() == ref.read_bytes()
+    other = run_in_session([sys.executable, str(BUILD), *_args(d, out), "num_responses=2"])
+    assert other.returncode == 2 and "holds a build of another config" in other.stderr
