@@ -133,3 +133,43 @@ def test_sigkill_then_restart_gives_the_same_bytes(models):
     assert out.read_bytes() == ref.read_bytes()
     other = run_in_session([sys.executable, str(BUILD), *_args(d, out), "num_responses=2"])
     assert other.returncode == 2 and "holds a build of another config" in other.stderr
+
+
+SEED_SIZES = {"trainer.num_nodes": "1", "trainer.devices": "1", "model.tensor_model_parallel_size": "1",
+              "model.pipeline_model_parallel_size": "1", "trainer.sft.max_steps": "2",
+              "trainer.sft.val_check_interval": "2", "trainer.sft.save_interval": "2",
+              "trainer.sft.limit_val_batches": "1", "model.data.train_ds.global_batch_size": "4",
+              "model.data.validation_ds.global_batch_size": "4", "model.data.train_ds.max_seq_length": "128",
+              "model.data.validation_ds.max_seq_length": "128"}
+
+
+def test_seed_training_command_runs_on_built_records(models):
+    """Seed 000's train_steerlm2.py command, as written (tests/data/seed_steerlm2_command.txt), with only
+    paths and sizes changed, on the builder's records."""
+    import shlex
+
+    d = models
+    built = d / "seed_data.jsonl"
+    assert run_in_session([sys.executable, str(BUILD), *_args(d, built)]).returncode == 0
+    seed = (ROOT / "tests" / "data" / "seed_steerlm2_command.txt").read_text()
+    words = shlex.split(seed.replace("\\\n", " "))
+    assert words[:2] == ["python", "examples/nlp/gpt/train_steerlm2.py"]
+    argv = []
+    for arg in words[2:]:
+        key, _, value = arg.partition("=")
+        value = SEED_SIZES.get(key, value)
+        if key == "model.restore_from_path":
+            value = str(d / "policy")
+        elif key.endswith(".file_path"):
+            value = str(built)
+        elif key.endswith("index_mapping_dir"):
+            value = str(d / "index")
+        elif key == "exp_manager.explicit_log_dir":
+            value = str(d / "results" / "acsft_70b")
+        argv.append(f"{key}={value}")
+    assert len(argv) == 47  # every key of the seed's command is kept
+    proc = run_in_session([sys.executable, str(ROOT / words[1]), *argv])
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rows = [json.loads(x) for x in (d / "results" / "acsft_70b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and "val_distance" in rows[-1]  # max_epochs=1: 6 records / 4
+    assert all(math.isfinite(r["loss"]) and r["responses_per_prompt"] == 3 for r in rows)
