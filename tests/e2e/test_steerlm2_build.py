@@ -173,3 +173,31 @@ def test_seed_training_command_runs_on_built_records(models):
     rows = [json.loads(x) for x in (d / "results" / "acsft_70b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1] and "val_distance" in rows[-1]  # max_epochs=1: 6 records / 4
     assert all(math.isfinite(r["loss"]) and r["responses_per_prompt"] == 3 for r in rows)
+
+
+def test_two_rounds_then_rerun_skips_and_resumes(models):
+    """rounds=2: round 2 samples from round 1's checkpoint; rerunning skips done rounds; a round without its
+    done marker is resumed (its data and checkpoints are reused) and gives the same checkpoint path."""
+    d = models
+    rounds = ROOT / "examples" / "nlp" / "gpt" / "steerlm2_rounds.py"
+    out = d / "rounds"
+    build = [f"build.{a}" for a in _args(d, d / "unused.jsonl") if not a.startswith("output=")]
+    train = ["train.trainer.precision=32", "train.trainer.sft.max_steps=2", "train.trainer.sft.max_epochs=5",
+             "train.model.data.train_ds.global_batch_size=2", "train.model.data.train_ds.micro_batch_size=2",
+             "train.model.data.train_ds.max_seq_length=128", "train.model.steerlm2.micro_batch_size=3",
+             "train.model.steerlm2.forward_micro_batch_size=3",
+             "train.exp_manager.create_tensorboard_logger=False"]
+    args = [str(rounds), "rounds=2", f"output_dir={out}", *build, *train]
+    first = run_in_session([sys.executable, *args])
+    assert first.returncode == 0, first.stderr[-5000:]
+    r1 = json.loads((out / "round_1" / "train" / "done.json").read_text())["checkpoint"]
+    r2 = json.loads((out / "round_2" / "train" / "done.json").read_text())["checkpoint"]
+    data2 = [json.loads(x) for x in (out / "round_2" / "data.jsonl").read_text().splitlines()]
+    prov = data2[0]["provenance"]
+    assert prov["policy"] == r1 and prov["sampling"]["random_seed"] == 2234  # 1234 + 1000 * (2 - 1)
+    again = run_in_session([sys.executable, *args])
+    assert again.returncode == 0 and again.stdout.count("skipped (done)") == 2, again.stdout
+    (out / "round_2" / "train" / "done.json").unlink()
+    resumed = run_in_session([sys.executable, *args])
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    assert "round 1: skipped (done)" in resumed.stdout and f"round 2: checkpoint {r2}" in resumed.stdout

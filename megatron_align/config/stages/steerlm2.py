@@ -149,3 +149,30 @@ class BuildSteerLM2Config:
         if world_size != 1:
             raise ConfigError("the builder runs in one process (TP=PP=1); start it without torchrun",
                               key="trainer.devices")
+
+
+TRAIN_PREFIX = "train."
+"""Command-line keys of the rounds script that go to each round's training config (without the prefix)."""
+
+
+@dataclass
+class RoundsSteerLM2Config:
+    """``examples/nlp/gpt/steerlm2_rounds.py``: ``rounds`` x (build with the current policy, train it)."""
+
+    output_dir: Optional[str] = None
+    """Round r goes to ``output_dir/round_<r>/``: ``data.jsonl`` (+ ``.work/``) and ``train/``."""
+    rounds: int = 2
+    """Rounds (the seed's "e.g. n=2"); round r samples from and trains round r-1's checkpoint."""
+    build: BuildSteerLM2Config = field(default_factory=BuildSteerLM2Config)
+    """The builder's keys; ``build.policy_checkpoint`` is round 1's policy (later rounds: the previous
+    round's checkpoint), ``build.output`` is set per round; round r samples with ``build.sample.random_seed
+    + 1000 * (r - 1)`` (+ the chunk)."""
+
+    def validate(self, world_size: int) -> None:
+        if not self.output_dir:
+            raise ConfigError("output_dir is not set", key="output_dir")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds={self.rounds} must be >= 1", key="rounds")
+        import dataclasses
+
+        dataclasses.replace(self.build, output="-").validate(world_size)
