@@ -36,7 +36,7 @@ def _launch_world_size() -> int:
     return detect_launch_env().world_size
 
 
-DEMOS = ("steerlm", "dpo", "exo")
+DEMOS = ("steerlm", "dpo", "exo", "steerlm2")
 """The demos ``megatron-align demo [stage]`` knows; the first is the default."""
 
 
@@ -52,6 +52,8 @@ def demo(argv: list[str]) -> int:
             return 2
     if stage in ("dpo", "exo"):
         return preference_demo(stage, argv)
+    if stage == "steerlm2":
+        return steerlm2_demo(argv)
 
     from megatron_align.config import check_launch_matches, load_config, run_cli
     from megatron_align.demo.steerlm.config import DemoConfig, with_size_preset
@@ -104,6 +106,33 @@ def preference_demo(stage: str, argv: list[str]) -> int:
                   f"({results['wall_seconds']:.0f} s, precision {results['config']['precision']})")
             print(results["table"], end="")
             print(f"run directory   {results['run_dir']}  (results.json, table.md, reward_kl.png)")
+        return 0
+
+    return run_cli(main)
+
+
+def steerlm2_demo(argv: list[str]) -> int:
+    """``megatron-align demo steerlm2``: SteerLM 2.0 rounds from the SteerLM demo's models."""
+    import warnings
+
+    from megatron_align.config import check_launch_matches, load_config, run_cli
+    from megatron_align.demo.steerlm2.config import SteerLM2DemoConfig, with_size_preset
+
+    def main():
+        cfg = load_config(SteerLM2DemoConfig, None, with_size_preset(argv), help_prog="megatron-align demo "
+                          "steerlm2", help_epilog="Presets: size=tiny (CI); size=full (default).")
+        check_launch_matches(cfg, _launch_world_size())
+        _setup_logging()
+        warnings.filterwarnings("ignore")
+        from megatron_align.demo.steerlm2.pipeline import run_steerlm2_demo
+        from megatron_align.distributed.launch import shutdown
+
+        results = run_steerlm2_demo(cfg)
+        shutdown()
+        print(f"\nSteerLM 2.0 demo: steering error |requested - measured| on held-out questions "
+              f"({results['wall_seconds']:.0f} s, precision {results['config']['precision']})")
+        print(results["table"], end="")
+        print(f"run directory   {results['run_dir']}  (results.json, table.md, mae.png)")
         return 0
 
     return run_cli(main)
