@@ -554,4 +554,5 @@ def test_demo_takes_an_optional_stage_name(capsys):
     assert main(["demo", "steerlm", "--help"]) == 0 and "megatron-align demo" in capsys.readouterr().out
     assert main(["demo", "dpo", "--help"]) == 0 and "preference." in capsys.readouterr().out
     assert main(["demo", "ppo"]) == 2
-    assert capsys.readouterr().err.strip() == "config error: unknown demo 'ppo'; available: steerlm, dpo, exo, steerlm2"
+    err = capsys.readouterr().err.strip()
+    assert err == "config error: unknown demo 'ppo'; available: steerlm, dpo, exo, steerlm2"
