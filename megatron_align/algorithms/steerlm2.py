@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from functools import partial
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -176,7 +177,13 @@ def run_steerlm2(cfg: SteerLM2Config) -> dict:
 
     from megatron_align.models.checkpoint import load_checkpoint
     from megatron_align.models.gpt import build_gpt_model
-    from megatron_align.training.run import StepOutcome, build_trainee, start_run, train_loop
+    from megatron_align.training.run import (
+        StepOutcome,
+        build_trainee,
+        start_run,
+        train_loop,
+        validation_microbatches,
+    )
     from megatron_align.training.sampler import GlobalBatchSampler, total_steps
     from megatron_align.training.step import evaluate, train_step
 
@@ -197,15 +204,12 @@ def run_steerlm2(cfg: SteerLM2Config) -> dict:
     step = SteerLM2Step(cfg, run.tokenizer.pad_id, pp)
     seq_len = tds.max_seq_length
 
-    val_items = []
+    val_items = []  # per validation global batch, this rank's prompts (the b' pass needs them whole)
     if val_ds is not None and len(val_ds):
-        vgbs = vds.global_batch_size
-        n_global = max(1, len(val_ds) // vgbs)
-        limit = loop.limit_val_batches
-        n = limit if isinstance(limit, int) and not isinstance(limit, bool) else max(1, int(n_global * limit))
-        for b in range(min(n, n_global)):
-            base = b * vgbs + dp_rank * (vgbs // dp)
-            val_items.append([val_ds[(base + i) % len(val_ds)] for i in range(vgbs // dp)])
+        vcfg = SimpleNamespace(global_batch_size=vds.global_batch_size,
+                               micro_batch_size=vds.global_batch_size // dp)
+        val_items = validation_microbatches(val_ds, loop.limit_val_batches, vcfg, dp_rank, dp, None, None,
+                                            lambda items, pad_id, seq_length: list(items))
 
     def step_fn(consumed: int) -> StepOutcome:
         items = [train_ds[i] for ix in sampler.microbatches(consumed) for i in ix]

@@ -163,8 +163,12 @@ class SteerLM2File(RecordFile):
         seqs, targets, logs = [], [], []
         for i, r in enumerate(responses):
             value = _string(r, "value", f"responses[{i}].value")
-            logs.append([log_value(r[key], f"responses[{i}].{key}") if key in r else
-                         _missing(f"responses[{i}].{key}") for key in LOG_FIELDS])
+            row = []
+            for key in LOG_FIELDS:
+                if key not in r:
+                    raise RecordError(f"responses[{i}].{key}", "missing")
+                row.append(log_value(r[key], f"responses[{i}].{key}"))
+            logs.append(row)
             answer = response_text(value, t)
             enc = encode_rendered(Rendered(prompt + answer, ((len(prompt), len(prompt) + len(answer)),)),
                                   self.tokenizer)
@@ -183,10 +187,6 @@ class SteerLM2File(RecordFile):
             return None
         arr = np.asarray(logs, dtype=np.float64)  # [n, 3]
         return SteerLM2Item(seqs, targets, arr[:, 0], arr[:, 1], arr[:, 2], source=self.file.where(k))
-
-
-def _missing(where: str):
-    raise RecordError(where, "missing")
 
 
 def collate_steerlm2(items: Sequence[SteerLM2Item], pad_id: int, seq_length: Optional[int] = None,

@@ -122,8 +122,6 @@ class PreferenceDemoConfig(RunConfig):
 
 def with_size_preset(argv, methods: list[str]) -> list[str]:
     """The command line with the ``size`` preset and the subcommand's ``preference.methods`` in front."""
-    size = "full"
-    for text in argv:
-        if text.startswith("size="):
-            size = text.split("=", 1)[1]
-    return [*SIZES.get(size, ()), f"preference.methods=[{','.join(methods)}]", *argv]
+    from megatron_align.demo.steerlm.config import with_size_preset as preset
+
+    return preset([f"preference.methods=[{','.join(methods)}]", *argv], SIZES)

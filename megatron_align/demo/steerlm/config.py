@@ -244,7 +244,7 @@ def resolve_precision(cfg):
     return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, precision=fast_precision()))
 
 
-def with_size_preset(argv: Sequence[str]) -> list[str]:
+def with_size_preset(argv: Sequence[str], sizes: dict | None = None) -> list[str]:
     """The command line with the ``size`` preset's overrides in front (the last ``size=`` wins)."""
     size = "full"
     for text in argv:
@@ -254,4 +254,4 @@ def with_size_preset(argv: Sequence[str]) -> list[str]:
             continue  # load_config reports it
         if parsed.key == "size" and parsed.has_value:
             size = str(parsed.value)
-    return [*SIZES.get(size, ()), *argv]
+    return [*(SIZES if sizes is None else sizes).get(size, ()), *argv]

@@ -75,8 +75,7 @@ class SteerLM2DemoConfig(RunConfig):
 
 
 def with_size_preset(argv) -> list[str]:
-    size = "full"
-    for text in argv:
-        if text.startswith("size="):
-            size = text.split("=", 1)[1]
-    return [*SIZES.get(size, ()), *argv]
+    """The command line with the ``size`` preset's overrides in front."""
+    from megatron_align.demo.steerlm.config import with_size_preset as preset
+
+    return preset(argv, SIZES)
