@@ -40,10 +40,36 @@ DEMOS = ("steerlm", "dpo", "exo", "steerlm2")
 """The demos ``megatron-align demo [stage]`` knows; the first is the default."""
 
 
-def demo(argv: list[str]) -> int:
-    """``megatron-align demo [stage]``: load the config (one-line errors), run the demo, print the table."""
+def _run_demo(schema: type, argv: list[str], prog: str, epilog: str, pipeline: str, title: str,
+              artefacts: str) -> int:
+    """Load ``schema`` from ``argv`` (one-line errors; before any torch import, so --help and typos are
+    instant), run ``pipeline`` (``module:function``), print its table on rank 0."""
+    import importlib
     import warnings
 
+    from megatron_align.config import check_launch_matches, load_config, run_cli
+
+    def main():
+        cfg = load_config(schema, None, argv, help_prog=prog, help_epilog=epilog)
+        check_launch_matches(cfg, _launch_world_size())
+        _setup_logging()
+        warnings.filterwarnings("ignore")
+        from megatron_align.distributed.launch import detect_launch_env, shutdown
+
+        module, _, name = pipeline.partition(":")
+        results = getattr(importlib.import_module(module), name)(cfg)
+        shutdown()
+        if detect_launch_env().rank == 0:
+            print(f"\n{title} ({results['wall_seconds']:.0f} s, precision {results['config']['precision']})")
+            print(results["table"], end="")
+            print(f"run directory   {results['run_dir']}  ({artefacts})")
+        return 0
+
+    return run_cli(main)
+
+
+def demo(argv: list[str]) -> int:
+    """``megatron-align demo [stage]``: load the config (one-line errors), run the demo, print the table."""
     stage = DEMOS[0]
     if argv and "=" not in argv[0] and not argv[0].startswith("-"):
         stage, argv = argv[0], argv[1:]
@@ -51,91 +77,30 @@ def demo(argv: list[str]) -> int:
             print(f"config error: unknown demo {stage!r}; available: {', '.join(DEMOS)}", file=sys.stderr)
             return 2
     if stage in ("dpo", "exo"):
-        return preference_demo(stage, argv)
+        from megatron_align.demo.preference.config import PreferenceDemoConfig, with_size_preset
+
+        methods = ["dpo"] if stage == "dpo" else ["exo-rw"]
+        return _run_demo(PreferenceDemoConfig, with_size_preset(argv, methods),
+                         f"megatron-align demo {stage}", PREFERENCE_HELP,
+                         "megatron_align.demo.preference.pipeline:run_preference_demo",
+                         f"Preference demo ({stage}): held-out rule reward against KL(pi || pi_ref)",
+                         "results.json, table.md, reward_kl.png")
     if stage == "steerlm2":
-        return steerlm2_demo(argv)
+        from megatron_align.demo.steerlm2.config import SteerLM2DemoConfig
+        from megatron_align.demo.steerlm2.config import with_size_preset as steerlm2_preset
 
-    from megatron_align.config import check_launch_matches, load_config, run_cli
-    from megatron_align.demo.steerlm.config import DemoConfig, with_size_preset
+        return _run_demo(SteerLM2DemoConfig, steerlm2_preset(argv), "megatron-align demo steerlm2",
+                         "Presets: size=tiny (CI); size=full (default).",
+                         "megatron_align.demo.steerlm2.pipeline:run_steerlm2_demo",
+                         "SteerLM 2.0 demo: steering error |requested - measured| on held-out questions",
+                         "results.json, table.md, mae.png")
+    from megatron_align.demo.steerlm.config import DemoConfig
+    from megatron_align.demo.steerlm.config import with_size_preset as steerlm_preset
 
-    def main():
-        cfg = load_config(DemoConfig, None, with_size_preset(argv), help_prog="megatron-align demo",
-                          help_epilog=DEMO_HELP)  # before any torch import: --help and typos are instant
-        check_launch_matches(cfg, _launch_world_size())
-        _setup_logging()
-        warnings.filterwarnings("ignore")
-        from megatron_align.demo.steerlm.pipeline import run_demo
-        from megatron_align.distributed.launch import detect_launch_env, shutdown
-
-        results = run_demo(cfg)
-        shutdown()
-        if detect_launch_env().rank == 0:
-            seconds = results["wall_seconds"]
-            precision = results["config"]["precision"]
-            print(f"\nSteerLM demo: requested vs rule-measured attribute values ({seconds:.0f} s, precision "
-                  f"{precision})")
-            print(results["table"], end="")
-            print(f"run directory   {results['run_dir']}  (results.json, table.md, steering.png)")
-        return 0
-
-    return run_cli(main)
-
-
-def preference_demo(stage: str, argv: list[str]) -> int:
-    """``megatron-align demo dpo|exo``: the preference demo (``demo/preference``) with its method."""
-    import warnings
-
-    from megatron_align.config import check_launch_matches, load_config, run_cli
-    from megatron_align.demo.preference.config import PreferenceDemoConfig, with_size_preset
-
-    methods = ["dpo"] if stage == "dpo" else ["exo-rw"]
-
-    def main():
-        cfg = load_config(PreferenceDemoConfig, None, with_size_preset(argv, methods),
-                          help_prog=f"megatron-align demo {stage}", help_epilog=PREFERENCE_HELP)
-        check_launch_matches(cfg, _launch_world_size())
-        _setup_logging()
-        warnings.filterwarnings("ignore")
-        from megatron_align.demo.preference.pipeline import run_preference_demo
-        from megatron_align.distributed.launch import detect_launch_env, shutdown
-
-        results = run_preference_demo(cfg)
-        shutdown()
-        if detect_launch_env().rank == 0:
-            print(f"\nPreference demo ({stage}): held-out rule reward against KL(pi || pi_ref) "
-                  f"({results['wall_seconds']:.0f} s, precision {results['config']['precision']})")
-            print(results["table"], end="")
-            print(f"run directory   {results['run_dir']}  (results.json, table.md, reward_kl.png)")
-        return 0
-
-    return run_cli(main)
-
-
-def steerlm2_demo(argv: list[str]) -> int:
-    """``megatron-align demo steerlm2``: SteerLM 2.0 rounds from the SteerLM demo's models."""
-    import warnings
-
-    from megatron_align.config import check_launch_matches, load_config, run_cli
-    from megatron_align.demo.steerlm2.config import SteerLM2DemoConfig, with_size_preset
-
-    def main():
-        cfg = load_config(SteerLM2DemoConfig, None, with_size_preset(argv), help_prog="megatron-align demo "
-                          "steerlm2", help_epilog="Presets: size=tiny (CI); size=full (default).")
-        check_launch_matches(cfg, _launch_world_size())
-        _setup_logging()
-        warnings.filterwarnings("ignore")
-        from megatron_align.demo.steerlm2.pipeline import run_steerlm2_demo
-        from megatron_align.distributed.launch import shutdown
-
-        results = run_steerlm2_demo(cfg)
-        shutdown()
-        print(f"\nSteerLM 2.0 demo: steering error |requested - measured| on held-out questions "
-              f"({results['wall_seconds']:.0f} s, precision {results['config']['precision']})")
-        print(results["table"], end="")
-        print(f"run directory   {results['run_dir']}  (results.json, table.md, mae.png)")
-        return 0
-
-    return run_cli(main)
+    return _run_demo(DemoConfig, steerlm_preset(argv), "megatron-align demo", DEMO_HELP,
+                     "megatron_align.demo.steerlm.pipeline:run_demo",
+                     "SteerLM demo: requested vs rule-measured attribute values",
+                     "results.json, table.md, steering.png")
 
 
 PREFERENCE_HELP = """Presets: size=tiny (the CI-sized run); size=full (default). `demo dpo` trains dpo,
