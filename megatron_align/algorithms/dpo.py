@@ -82,21 +82,13 @@ def steps_per_epoch(num_items: int, gbs: int, limit) -> int:
 
 def run_dpo(cfg: DPOConfig) -> dict:
     """Train; returns a summary (losses and validation metrics per step, checkpoint paths)."""
-    from megatron.core import parallel_state as ps
 
     from megatron_align.data.preference_dataset import collate_preference
     from megatron_align.models.checkpoint import load_checkpoint
     from megatron_align.models.gpt import build_gpt_model
     from megatron_align.models.reference import HostReferencePolicy
-    from megatron_align.training.run import (
-        StepOutcome,
-        build_trainee,
-        start_run,
-        train_loop,
-        validation_microbatches,
-    )
-    from megatron_align.training.sampler import GlobalBatchSampler, total_steps
-    from megatron_align.training.step import evaluate, train_step
+    from megatron_align.training.run import StepOutcome, build_trainee, start_run, train_loop
+    from megatron_align.training.step import train_step
 
     m, loop, d = cfg.model, cfg.trainer.dpo, cfg.model.dpo
     restore = cfg.restore_path()
@@ -111,11 +103,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
 
     train_ds, val_sets, train_files, rules = build_preference_datasets(cfg, run.tokenizer, seq_len)
     gbs, mbs = m.global_batch_size, m.micro_batch_size
-    dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
-    per_epoch = steps_per_epoch(len(train_ds), gbs, loop.limit_train_batches)
-    sampler = GlobalBatchSampler(len(train_ds), gbs, mbs, dp_rank, dp, seed=m.seed, shuffle=True,
-                                 epoch_length=per_epoch * gbs)
-    max_steps = total_steps(per_epoch * gbs, gbs, loop.max_epochs, loop.max_steps)
+    sampler, per_epoch, max_steps = _sampler(cfg, len(train_ds))
 
     model = build_gpt_model(run.model_cfg, precision=cfg.trainer.precision)
     load_checkpoint(restore, model)
@@ -123,71 +111,113 @@ def run_dpo(cfg: DPOConfig) -> dict:
     trainee = build_trainee(cfg, run, model, loop, None)
     obj = PreferenceObjective(cfg)
 
-    def rows(batches: list) -> int:
-        counts = {int(b["tokens"].shape[0]) for b in batches}
-        if pp and len(counts) > 1:
-            raise ConfigError(f"micro-batches of {sorted(counts)} sequences: with pipeline parallelism every "
-                              "micro-batch needs the same number (give every prompt the same completions)",
-                              key="model.pipeline_model_parallel_size")
-        return max(counts)
+    rows = partial(_rows, pp=pp)
 
     def score_reference(batches: list) -> None:
         with reference.swapped_in(model):
             for b, ref in zip(batches, reference_logps(obj, trainee.ddp, batches, seq_len, rows(batches))):
                 b["ref_logps"] = ref
 
+    def make(ix) -> dict:
+        return collate([train_ds[i] for i in ix], pad_id, pad_len)
+
     precomputed = None
     if d.precompute_ref_logprobs:
         key = cache_key(train_files, restore, {**dataclasses.asdict(rules), "temp": obj.temperature,
                                                "pad": multiple, "pad_len": pad_len})
-        lf_mbs = d.log_prob_forward_micro_batch_size or mbs
+        precomputed = PrecomputedReference.load_or_compute(
+            run.run_dir / "ref_logprobs" / f"{key}.npz", train_ds,
+            partial(_scored_reference, make, score_reference), d.log_prob_forward_micro_batch_size or mbs)
 
-        def compute(chunks):
-            batches = [collate([train_ds[i] for i in c], pad_id, pad_len) for c in chunks]
-            score_reference(batches)
-            return [b["ref_logps"] for b in batches]
-
-        precomputed = PrecomputedReference.load_or_compute(run.run_dir / "ref_logprobs" / f"{key}.npz",
-                                                           train_ds, compute, lf_mbs)
-
-    vcfg = SimpleNamespace(global_batch_size=gbs, micro_batch_size=mbs)
-    val_batches = {name: validation_microbatches(ds, loop.limit_val_batches, vcfg, dp_rank, dp, pad_id,
-                                                 pad_len, collate) for name, ds in val_sets.items()}
-    for batches in val_batches.values():
-        if batches:
-            score_reference(batches)
-    fwd = obj.forward_step
+    val_batches = _validation_batches(cfg, val_sets, pad_id, pad_len, collate, score_reference)
 
     def step_fn(consumed: int) -> StepOutcome:
         chunks = sampler.microbatches(consumed)
-        batches = [collate([train_ds[i] for i in ix], pad_id, pad_len) for ix in chunks]
+        batches = [make(ix) for ix in chunks]
         if precomputed is not None:
             for b, ix in zip(batches, chunks):
                 b["ref_logps"] = precomputed.of(ix)
         else:
             score_reference(batches)
         res = train_step(trainee.ddp, trainee.optimizer, batches, seq_len, rows(batches),
-                         forward_step_func=fwd)
+                         forward_step_func=obj.forward_step)
         return StepOutcome(res, tokens=_global_tokens(batches), samples=gbs,
                            row=obj.metrics(obj.reduce(res.sums)))
 
-    def validate() -> dict:
-        row = {}
-        for name, batches in val_batches.items():
-            if not batches:
-                continue
-            prefix = "val_" if name == "validation" else f"{name}_"
-            loss, sums = evaluate(trainee.ddp, batches, seq_len, rows(batches), forward_step_func=fwd)
-            row[f"{prefix}loss"] = loss
-            row.update(obj.metrics(obj.reduce(sums), prefix))
-        return row
-
-    has_val = any(val_batches.values())
+    validate = partial(_validate, obj, trainee, val_batches, seq_len, rows)
     summary = train_loop(cfg, run, trainee, stage="dpo", loop=loop, max_steps=max_steps,
-                         global_batch_size=gbs, step_fn=step_fn, validate=validate if has_val else None,
+                         global_batch_size=gbs, step_fn=step_fn,
+                         validate=validate if any(val_batches.values()) else None,
                          epoch_of=lambda c: c // (per_epoch * gbs))
     summary["data_report"] = train_ds.report(logger)
     return summary
+
+
+def _sampler(cfg: DPOConfig, num_items: int):
+    """``(sampler, steps per epoch, max steps)``: the resumable global-batch sampler of this rank."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_align.training.sampler import GlobalBatchSampler, total_steps
+
+    m, loop = cfg.model, cfg.trainer.dpo
+    gbs = m.global_batch_size
+    per_epoch = steps_per_epoch(num_items, gbs, loop.limit_train_batches)
+    sampler = GlobalBatchSampler(num_items, gbs, m.micro_batch_size, ps.get_data_parallel_rank(),
+                                 ps.get_data_parallel_world_size(), seed=m.seed, shuffle=True,
+                                 epoch_length=per_epoch * gbs)
+    return sampler, per_epoch, total_steps(per_epoch * gbs, gbs, loop.max_epochs, loop.max_steps)
+
+
+def _validation_batches(cfg: DPOConfig, val_sets: dict, pad_id: int, pad_len, collate,
+                        score_reference) -> dict:
+    """Each validation set's micro-batches of this rank (``trainer.dpo.limit_val_batches``), reference-scored
+    once."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_align.training.run import validation_microbatches
+
+    m = cfg.model
+    vcfg = SimpleNamespace(global_batch_size=m.global_batch_size, micro_batch_size=m.micro_batch_size)
+    dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+    out = {name: validation_microbatches(ds, cfg.trainer.dpo.limit_val_batches, vcfg, dp_rank, dp, pad_id,
+                                         pad_len, collate) for name, ds in val_sets.items()}
+    for batches in out.values():
+        if batches:
+            score_reference(batches)
+    return out
+
+
+def _rows(batches: list, pp: bool) -> int:
+    """Sequences per micro-batch of ``batches`` (the largest; with PP every micro-batch must have as many)."""
+    counts = {int(b["tokens"].shape[0]) for b in batches}
+    if pp and len(counts) > 1:
+        raise ConfigError(f"micro-batches of {sorted(counts)} sequences: with pipeline parallelism every "
+                          "micro-batch needs the same number (give every prompt the same completions)",
+                          key="model.pipeline_model_parallel_size")
+    return max(counts)
+
+
+def _scored_reference(make, score_reference, chunks: list) -> list:
+    """The reference's log-probs of the micro-batches ``make`` builds from ``chunks`` of item indices."""
+    batches = [make(c) for c in chunks]
+    score_reference(batches)
+    return [b["ref_logps"] for b in batches]
+
+
+def _validate(obj, trainee, val_batches: dict, seq_len: int, rows) -> dict:
+    """Loss and metrics of every validation set (``val_`` for ``validation``, else ``<name>_``)."""
+    from megatron_align.training.step import evaluate
+
+    row = {}
+    for name, batches in val_batches.items():
+        if not batches:
+            continue
+        prefix = "val_" if name == "validation" else f"{name}_"
+        loss, sums = evaluate(trainee.ddp, batches, seq_len, rows(batches),
+                              forward_step_func=obj.forward_step)
+        row[f"{prefix}loss"] = loss
+        row.update(obj.metrics(obj.reduce(sums), prefix))
+    return row
 
 
 def _global_tokens(batches: list) -> float:

@@ -6,9 +6,11 @@ For each input chat, x = the system and the turns before its last Assistant turn
 gets, for exactly the tokens the trainer scores (``data/steerlm2.py``: the response, its end of turn and the
 next turn marker):
 
-* log Q'(y|a,x): the policy's teacher-forced log-prob of softmax(logits / temperature), the distribution the
-  response was drawn from (only temperature sampling is accepted; ``provenance.logq`` says ``temperature``, or
-  ``raw`` at temperature 1);
+* log Q'(y|a,x): the policy's teacher-forced log-prob under the distribution the response was drawn from,
+  every processor of ``sample.*`` applied (padded vocabulary cut, repetition penalty, min length,
+  temperature, top-k, top-p: ``logprobs/sampling.sampling_token_logprobs``; ``provenance.logq`` =
+  ``sampling``). A response with a token outside that support (its re-tokenized text is not what was drawn,
+  or the length limit cut it before its end-of-turn tail) has log Q' = -inf: it is dropped and counted;
 * log P(y|x): the SFT model's teacher-forced log-prob after the prompt without the label line;
 * log P(a|x,y): ``scoring/attribute_likelihood`` of a given the reward model's nine predictions for y
   (rated as the SteerLM annotation rates a response: ``data/steerlm/regression.regression_text``, SteerLM's
@@ -16,10 +18,16 @@ next turn marker):
 
 Durable and resumable: prompts are cut into chunks of ``chunk_size`` in input order and chunk c is sampled
 with seed ``sample.random_seed + c``; four phases (samples, log Q', log P(y|x), log P(a|x,y)), one model
-loaded at a time, each append one JSON line per chunk to ``<output>.work/<phase>.jsonl`` and fsync it. A
-killed run restarts at the first chunk a phase has not finished (a torn last line is dropped), so its output
-equals an uninterrupted run's byte for byte; a manifest of the config and the input refuses to mix runs. The
-output is written whole at the end (temporary file, then rename).
+loaded at a time, each write one file per chunk, ``<output>.work/<phase>/<c>.json`` (temporary file, fsync,
+rename). A killed run redoes only the chunks a phase has not written, so its output equals an uninterrupted
+run's byte for byte; a manifest of the config (without the parallel layout) and the input refuses to mix
+runs. The output is written whole at the end (temporary file, then rename).
+
+Parallel (torchrun / srun): ``tensor_model_parallel_size`` x ``pipeline_model_parallel_size`` ranks hold one
+replica of each model, and the ``world / (TP x PP)`` replicas share the chunks (chunk c goes to replica
+c mod DP). A chunk's seed does not depend on the layout, so data parallelism gives the single-process bytes;
+TP and PP change the float sums (log-probs move by ~1e-6). Every phase ends at a barrier; the first rank of
+each replica writes its chunks and global rank 0 the output.
 """
 
 from __future__ import annotations
@@ -79,31 +87,42 @@ def read_prompts(cfg: BuildSteerLM2Config) -> tuple[list[dict], int]:
     return out, skipped
 
 
+LAYOUT_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size")
+
+
 def _manifest(cfg: BuildSteerLM2Config) -> dict:
+    """The config (without the parallel layout: a build may resume on another one) and the input's
+    identity."""
     st = os.stat(cfg.input)
-    return {"config": dataclasses.asdict(cfg),
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in LAYOUT_KEYS}
+    return {"config": config,
             "input": [os.path.abspath(cfg.input), st.st_size, st.st_mtime_ns]}
 
 
-class PhaseFile:
-    """``<work>/<phase>.jsonl``: one JSON line per finished chunk, appended and fsynced."""
+class PhaseDir:
+    """``<work>/<phase>/<chunk>.json``: one file per finished chunk, written whole (temporary file, fsync,
+    rename), so a chunk is there complete or not at all."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.lines: list = []
-        if path.is_file():
-            data = path.read_bytes()
-            keep = data[:data.rfind(b"\n") + 1]  # a torn last line is dropped
-            if len(keep) != len(data):
-                path.write_bytes(keep)
-            self.lines = [json.loads(x) for x in keep.decode().splitlines()]
+        path.mkdir(parents=True, exist_ok=True)
 
-    def append(self, value) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(value) + "\n")
+    def _file(self, c: int) -> Path:
+        return self.path / f"{c:06d}.json"
+
+    def done(self, c: int) -> bool:
+        return self._file(c).is_file()
+
+    def write(self, c: int, value) -> None:
+        tmp = self.path / f".{c:06d}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(value))
             f.flush()
             os.fsync(f.fileno())
-        self.lines.append(value)
+        os.replace(tmp, self._file(c))
+
+    def read(self, c: int):
+        return json.loads(self._file(c).read_text())
 
 
 def _kill_hook(phase: str, chunk: int) -> None:
@@ -114,118 +133,225 @@ def _kill_hook(phase: str, chunk: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _score(model, tokenizer, vocab: int, texts: list[tuple[str, str]], mbs: int, temperature: float = 1.0):
-    """sum over the response's tokens of log p (teacher-forced, ``prompt + response`` tokenized whole)."""
+def _score(model, tokenizer, vocab: int, texts: list[tuple[str, str]], mbs: int, sampling=None) -> list:
+    """sum over the response's tokens of log p (teacher-forced, ``prompt + response`` tokenized whole); with
+    ``sampling`` (``ChoiceRules``), of the sampling distribution (the response's first token is the first
+    one sampled)."""
     from megatron_align.data.tokenize import Rendered, encode_rendered
     from megatron_align.scoring.forward import token_logprobs_of
 
-    seqs, masks = [], []
+    seqs, masks, starts = [], [], []
     for prompt, response in texts:
         enc = encode_rendered(Rendered(prompt + response, ((len(prompt), len(prompt) + len(response)),)),
                               tokenizer)
         seqs.append(enc.ids.tolist())
         masks.append(enc.target_mask[1:])
-    rows, _ = token_logprobs_of(model, seqs, tokenizer.pad_id, vocab, mbs, temperature=temperature)
+        starts.append(next(i for i, m in enumerate(enc.target_mask) if m))
+    rows, _ = token_logprobs_of(model, seqs, tokenizer.pad_id, vocab, mbs, sampling=sampling,
+                                starts=starts if sampling is not None else None)
     return [float(sum(lp for lp, m in zip(row, mask) if m)) for row, mask in zip(rows, masks)]
 
 
-def build_steerlm2(cfg: BuildSteerLM2Config) -> dict:
-    """Write ``cfg.output`` (module docstring); returns counts."""
-    from megatron_align.config.data import ChatPromptTokens
+class _Layout:
+    """This rank's place: its data-parallel replica, whether it writes the replica's chunk files."""
+
+    def __init__(self, cfg: BuildSteerLM2Config):
+        import torch
+        from megatron.core import parallel_state as ps
+
+        from megatron_align.distributed import start
+
+        start(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, seed=cfg.sample.random_seed)
+        self.replica, self.replicas = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+        self.writer = ps.get_tensor_model_parallel_rank() == 0 and ps.get_pipeline_model_parallel_rank() == 0
+        self.rank0 = torch.distributed.get_rank() == 0
+        self._dist = torch.distributed
+
+    def barrier(self) -> None:
+        self._dist.barrier()
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is on any."""
+        import torch
+
+        t = torch.tensor([int(flag)])
+        self._dist.all_reduce(t)
+        return bool(t.item())
+
+    def todo(self, phase: PhaseDir, n_chunks: int) -> list[int]:
+        """This replica's chunks that ``phase`` has not written (read by every rank before any writes)."""
+        mine = [c for c in range(self.replica, n_chunks, self.replicas) if not phase.done(c)]
+        self.barrier()
+        return mine
+
+
+def _open_work(cfg: BuildSteerLM2Config, layout: _Layout) -> Path:
+    """``<output>.work/`` with its manifest checked on every rank (the same verdict everywhere)."""
+    work = Path(str(cfg.output) + ".work")
+    manifest = json.loads(json.dumps(_manifest(cfg)))
+    mpath = work / "manifest.json"
+    if mpath.is_file() and json.loads(mpath.read_text()) != manifest:
+        raise ConfigError(f"{work}: holds a build of another config or input; delete it to start over",
+                          key="output")
+    layout.barrier()
+    if layout.rank0:
+        work.mkdir(parents=True, exist_ok=True)
+        mpath.write_text(json.dumps(manifest, indent=1))
+    layout.barrier()
+    return work
+
+
+class _Build:
+    """One build's inputs and phase files, shared by the phase functions below."""
+
+    def __init__(self, cfg: BuildSteerLM2Config):
+        from megatron_align.config.data import ChatPromptTokens
+        from megatron_align.data.steerlm2 import steerlm2_prompt
+
+        self.cfg, self.layout, self.t = cfg, _Layout(cfg), ChatPromptTokens()
+        self.prompts, self.skipped = read_prompts(cfg)
+        size = cfg.chunk_size
+        self.chunks = [self.prompts[i:i + size] for i in range(0, len(self.prompts), size)]
+        work = _open_work(cfg, self.layout)
+        self.files = {p: PhaseDir(work / p) for p in PHASES}
+        self.labelled = [[steerlm2_prompt(p["system"], p["turns"], ASSISTANT, p["label"], self.t) for p in c]
+                         for c in self.chunks]
+
+    def todo(self, phase: str) -> list[int]:
+        return self.layout.todo(self.files[phase], len(self.chunks))
+
+    def write(self, phase: str, c: int, value) -> None:
+        if self.layout.writer:
+            self.files[phase].write(c, value)
+        _kill_hook(phase, c)
+
+    def pairs(self, c: int, prompt_texts: list) -> list:
+        """``(prompt, response text)`` of chunk c's samples; sample i answers prompt_texts[i // n]."""
+        from megatron_align.data.steerlm2 import response_text
+
+        n = self.cfg.num_responses
+        return [(prompt_texts[i // n], response_text(v, self.t))
+                for i, v in enumerate(self.files["samples"].read(c))]
+
+
+def _sample_and_score_policy(b: _Build) -> None:
+    """Phases ``samples`` and ``logq`` on one load of the policy."""
+    from megatron_align.generation.build import load_model, make_backend
+    from megatron_align.generation.text import clean_response, generate_local
+    from megatron_align.logprobs.sampling import ChoiceRules
+
+    cfg, n = b.cfg, b.cfg.num_responses
+    todo = {p: b.todo(p) for p in ("samples", "logq")}
+    if not b.layout.any_rank(bool(todo["samples"] or todo["logq"])):
+        return
+    model, tok, mcfg = load_model(cfg.policy_checkpoint, "gpt", cfg.precision)
+    backend = make_backend(model, tok, mcfg, cfg.max_batch_size)
+    try:
+        for c in todo["samples"]:
+            params = dataclasses.replace(cfg.sample, random_seed=cfg.sample.random_seed + c)
+            texts = generate_local(backend, [q for q in b.labelled[c] for _ in range(n)], params)
+            b.write("samples", c, [clean_response(x, params.end_strings) for x in texts])
+            logger.info("chunk %d/%d sampled", c + 1, len(b.chunks))
+    finally:
+        backend.close()
+    b.layout.barrier()
+    rules = ChoiceRules(cfg.sample, tok.eos_id, tok.vocab_size)  # the backend's own eos and vocabulary
+    for c in todo["logq"]:
+        b.write("logq", c, _score(model, tok, mcfg.vocab_size or tok.vocab_size, b.pairs(c, b.labelled[c]),
+                                  cfg.micro_batch_size, rules))
+
+
+def _score_sft(b: _Build) -> None:
+    """Phase ``logpy``: log P(y|x) of the SFT model after the prompt without the label line."""
+    from megatron_align.data.steerlm2 import steerlm2_prompt
+    from megatron_align.generation.build import load_model
+
+    todo = b.todo("logpy")
+    if not b.layout.any_rank(bool(todo)):
+        return
+    model, tok, mcfg = load_model(b.cfg.sft_checkpoint, "gpt", b.cfg.precision)
+    for c in todo:
+        plain = [steerlm2_prompt(p["system"], p["turns"], ASSISTANT, None, b.t) for p in b.chunks[c]]
+        b.write("logpy", c, _score(model, tok, mcfg.vocab_size or tok.vocab_size, b.pairs(c, plain),
+                                   b.cfg.micro_batch_size))
+
+
+def _score_attributes(b: _Build) -> None:
+    """Phase ``logpa``: log P(a|x,y) from the reward model's predictions (as SteerLM's annotation rates)."""
     from megatron_align.data.nemo_chat import Turn
     from megatron_align.data.steerlm.attributes import decode_label
     from megatron_align.data.steerlm.records import SYSTEM_PROMPT
     from megatron_align.data.steerlm.regression import regression_text
-    from megatron_align.data.steerlm2 import response_text, steerlm2_prompt
-    from megatron_align.generation.build import load_backend, load_model
-    from megatron_align.generation.text import clean_response, generate_local
     from megatron_align.scoring.attribute_likelihood import attribute_log_likelihood
     from megatron_align.scoring.reward_model import RewardScorer
 
-    t = ChatPromptTokens()
-    prompts, skipped = read_prompts(cfg)
-    n, size = cfg.num_responses, cfg.chunk_size
-    chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
-    work = Path(str(cfg.output) + ".work")
-    work.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(cfg)
-    mpath = work / "manifest.json"
-    if mpath.is_file() and json.loads(mpath.read_text()) != json.loads(json.dumps(manifest)):
-        raise ConfigError(f"{work}: holds a build of another config or input; delete it to start over",
-                          key="output")
-    mpath.write_text(json.dumps(manifest, indent=1))
-    files = {p: PhaseFile(work / f"{p}.jsonl") for p in PHASES}
-    labelled = [[steerlm2_prompt(p["system"], p["turns"], ASSISTANT, p["label"], t) for p in c]
-                for c in chunks]
-    temperature = cfg.sample.temperature
+    todo, n = b.todo("logpa"), b.cfg.num_responses
+    if not b.layout.any_rank(bool(todo)):
+        return
+    scorer = RewardScorer(b.cfg.rm_checkpoint, b.cfg.precision, b.cfg.micro_batch_size)
+    for c in todo:
+        texts, wanted = [], []
+        for i, v in enumerate(b.files["samples"].read(c)):
+            p = b.chunks[c][i // n]
+            turns = [Turn(r, x) for r, x in p["turns"]] + [Turn(ASSISTANT, v)]
+            texts.append(regression_text(SYSTEM_PROMPT, turns, len(turns) - 1, b.t))
+            wanted.append(decode_label(p["label"]))
+        preds = scorer.score(texts)
+        b.write("logpa", c, [attribute_log_likelihood(a, r, b.cfg.likelihood_sigma)
+                             for a, r in zip(wanted, preds)])
 
-    if len(files["samples"].lines) < len(chunks):
-        backend = load_backend(cfg.policy_checkpoint, cfg.precision, cfg.max_batch_size)
-        try:
-            for c in range(len(files["samples"].lines), len(chunks)):
-                params = dataclasses.replace(cfg.sample, random_seed=cfg.sample.random_seed + c)
-                texts = generate_local(backend, [q for q in labelled[c] for _ in range(n)], params)
-                files["samples"].append([clean_response(x, params.end_strings) for x in texts])
-                logger.info("chunk %d/%d sampled", c + 1, len(chunks))
-                _kill_hook("samples", c)
-        finally:
-            backend.close()
-            gc.collect()
-    samples = files["samples"].lines
 
-    def pairs(c: int, prompt_texts: list) -> list:
-        return [(prompt_texts[i // n], response_text(v, t)) for i, v in enumerate(samples[c])]
-
-    for phase, ckpt in (("logq", cfg.policy_checkpoint), ("logpy", cfg.sft_checkpoint)):
-        if len(files[phase].lines) < len(chunks):
-            model, tok, mcfg = load_model(ckpt, "gpt", cfg.precision)
-            vocab = mcfg.vocab_size or tok.vocab_size
-            for c in range(len(files[phase].lines), len(chunks)):
-                prompt_texts = labelled[c] if phase == "logq" else [
-                    steerlm2_prompt(p["system"], p["turns"], ASSISTANT, None, t) for p in chunks[c]]
-                files[phase].append(_score(model, tok, vocab, pairs(c, prompt_texts), cfg.micro_batch_size,
-                                           temperature if phase == "logq" else 1.0))
-                _kill_hook(phase, c)
-            del model
-            gc.collect()
-
-    if len(files["logpa"].lines) < len(chunks):
-        scorer = RewardScorer(cfg.rm_checkpoint, cfg.precision, cfg.micro_batch_size)
-        for c in range(len(files["logpa"].lines), len(chunks)):
-            texts, wanted = [], []
-            for i, v in enumerate(samples[c]):
-                p = chunks[c][i // n]
-                turns = [Turn(r, x) for r, x in p["turns"]] + [Turn(ASSISTANT, v)]
-                texts.append(regression_text(SYSTEM_PROMPT, turns, len(turns) - 1, t))
-                wanted.append(decode_label(p["label"]))
-            preds = scorer.score(texts)
-            files["logpa"].append([attribute_log_likelihood(a, r, cfg.likelihood_sigma)
-                                   for a, r in zip(wanted, preds)])
-            _kill_hook("logpa", c)
-        del scorer
+def build_steerlm2(cfg: BuildSteerLM2Config) -> dict:
+    """Write ``cfg.output`` (module docstring); returns counts."""
+    b = _Build(cfg)
+    for phase in (_sample_and_score_policy, _score_sft, _score_attributes):
+        phase(b)  # one model at a time: each phase's model is freed before the next loads
         gc.collect()
+        b.layout.barrier()
+    counts = {"prompts": len(b.prompts), "responses": 0, "skipped": b.skipped, "chunks": len(b.chunks),
+              "outside_support": 0, "sha256": None}
+    if b.layout.rank0:
+        counts.update(_write_output(cfg, b.chunks, b.files))
+    b.layout.barrier()
+    return counts
 
+
+def _write_output(cfg: BuildSteerLM2Config, chunks: list, files: dict) -> dict:
+    """The records, in input order, written whole; a response whose log Q' is -inf (outside the sampling
+    distribution's support) is dropped and counted, a prompt left without responses too."""
+    import math
+
+    n = cfg.num_responses
     sampling = dataclasses.asdict(cfg.sample)
     provenance = {"policy": str(cfg.policy_checkpoint), "sft": str(cfg.sft_checkpoint),
-                  "rm": str(cfg.rm_checkpoint), "logq": "raw" if temperature == 1.0 else "temperature",
+                  "rm": str(cfg.rm_checkpoint), "logq": "sampling",
                   "likelihood": {"kind": "discretized_gaussian", "sigma": cfg.likelihood_sigma}}
     tmp = Path(f"{cfg.output}.tmp{os.getpid()}")
     digest = hashlib.sha256()
+    kept = dropped = 0
     with open(tmp, "w") as f:
         for c, chunk in enumerate(chunks):
+            got = {p: files[p].read(c) for p in PHASES}
             for j, p in enumerate(chunk):
-                rows = range(j * n, (j + 1) * n)
+                rows = [i for i in range(j * n, (j + 1) * n) if math.isfinite(got["logq"][i])]
+                dropped += n - len(rows)
+                if not rows:
+                    continue
+                kept += len(rows)
                 turns = [{"from": r, "value": v} for r, v in p["turns"]]
                 rec = {"system": p["system"], "prompt_turns": turns, "label": p["label"],
-                       "responses": [{"from": ASSISTANT, "value": samples[c][i],
-                                      "log(P(a|x,y))": files["logpa"].lines[c][i],
-                                      "log(P(y|x))": files["logpy"].lines[c][i],
-                                      "log(Q(y|a,x))": files["logq"].lines[c][i]} for i in rows],
+                       "responses": [{"from": ASSISTANT, "value": got["samples"][i],
+                                      "log(P(a|x,y))": got["logpa"][i],
+                                      "log(P(y|x))": got["logpy"][i],
+                                      "log(Q(y|a,x))": got["logq"][i]} for i in rows],
                        "provenance": {**provenance, "source": p["source"], "chunk": c,
                                       "sampling": {**sampling, "random_seed": cfg.sample.random_seed + c}}}
                 line = json.dumps(rec) + "\n"
                 digest.update(line.encode())
                 f.write(line)
     os.replace(tmp, cfg.output)
-    return {"prompts": len(prompts), "responses": len(prompts) * n, "skipped": skipped,
-            "chunks": len(chunks), "sha256": digest.hexdigest()}
+    if dropped:
+        logger.warning("%d responses dropped: log Q'(y|a,x) = -inf, a token the sampling distribution "
+                       "excludes (re-tokenized text differs from the drawn ids, or cut by the length limit)",
+                       dropped)
+    return {"responses": kept, "outside_support": dropped, "sha256": digest.hexdigest()}

@@ -8,6 +8,8 @@
                                                 Hugging Face / NeMo checkpoints in and out
     megatron-align exo STAGE ARGS...            the EXO repository's stages (train_sft, inference_sft,
                                                 train_rm, inference_rm, train_exo, pref_to_rw)
+    megatron-align steerlm2 build|train|rounds [key=value ...]
+                                                SteerLM 2.0: build records, train, or k rounds of both
     megatron-align plot RUN_DIR                 PNG curves of a run's logged metrics (RUN_DIR/plots/)
     megatron-align steer --prompt TEXT [--values quality:4,humor:0,...] --url URL | --checkpoint DIR
                                                 a SteerLM model's answer, steered by attribute values
@@ -130,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_align.cli.exo import exo_main
 
         return exo_main(rest)
+    if cmd == "steerlm2":
+        from megatron_align.cli.steerlm2 import steerlm2_main
+
+        return steerlm2_main(rest)
     if cmd == "steer":
         from megatron_align.cli.steer import main as steer_main
 

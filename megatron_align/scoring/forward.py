@@ -23,7 +23,7 @@ from megatron_align.distributed.launch import compute_device
 
 def _pad(seqs: list[list[int]], pad_id: int, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``[B', S]`` (B' rounded up to ``multiple`` with copies of row 0) and lengths ``[B']``."""
-    rows = list(seqs) + [seqs[0]] * (-len(seqs) % multiple)
+    rows = _round_up(list(seqs), multiple)
     width = max(len(s) for s in rows)
     tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B', S]
     for i, s in enumerate(rows):
@@ -31,9 +31,16 @@ def _pad(seqs: list[list[int]], pad_id: int, multiple: int) -> tuple[torch.Tenso
     return tokens, torch.tensor([len(s) for s in rows], dtype=torch.long)
 
 
+def _round_up(rows: list, multiple: int) -> list:
+    """``rows`` plus copies of its first entry up to a multiple of ``multiple``."""
+    return rows + [rows[0]] * (-len(rows) % multiple)
+
+
 def _forward_only(model, tokens: torch.Tensor, lengths: torch.Tensor, micro_batch_size: int,
-                  head: Callable, extra_inputs: Callable[[torch.Tensor], dict]) -> list:
-    """``head(output, tokens_mb, lengths_mb)`` of each micro-batch, on the last stage ([] elsewhere)."""
+                  head: Callable, extra_inputs: Callable[[torch.Tensor], dict],
+                  starts: Optional[torch.Tensor] = None) -> list:
+    """``head(output, micro_batch)`` of each micro-batch (a dict: ``tokens``, ``lengths``, ``starts``), on the
+    last stage ([] elsewhere)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     dev = compute_device()
@@ -42,6 +49,7 @@ def _forward_only(model, tokens: torch.Tensor, lengths: torch.Tensor, micro_batc
     for i in range(0, b, micro_batch_size):
         tok = tokens[i:i + micro_batch_size].to(dev)  # [mbs, S]
         batches.append({"tokens": tok, "lengths": lengths[i:i + micro_batch_size].to(dev),
+                        "starts": None if starts is None else starts[i:i + micro_batch_size],
                         "position_ids": torch.arange(s, device=dev).unsqueeze(0).expand_as(tok).contiguous()})
 
     def step(data_iterator, module):
@@ -49,7 +57,7 @@ def _forward_only(model, tokens: torch.Tensor, lengths: torch.Tensor, micro_batc
         out = module(mb["tokens"], mb["position_ids"], None, **extra_inputs(mb["lengths"]))
 
         def collect(output, non_loss_data=True):
-            return head(output, mb["tokens"], mb["lengths"])
+            return head(output, mb)
 
         return out, collect
 
@@ -74,31 +82,48 @@ def _from_last_stage(result: Optional[torch.Tensor], shape: tuple, dtype=torch.f
 
 
 def token_logprobs_of(model, seqs: list[list[int]], pad_id: int, vocab_size: int, micro_batch_size: int = 4,
-                      all_probs: bool = False, temperature: float = 1.0,
-                      ) -> tuple[list[list[float]], Optional[list]]:
+                      all_probs: bool = False, temperature: float = 1.0, sampling=None,
+                      starts: Optional[list[int]] = None) -> tuple[list[list[float]], Optional[list]]:
     """Per sequence: ``len - 1`` log-probs of tokens 1.. given the tokens before (of softmax(logits /
     ``temperature``)), and (``all_probs``) ``len - 1`` rows of ``vocab_size`` log-probs (of the raw logits);
-    every rank of the replica gets them."""
+    every rank of the replica gets them.
+
+    sampling: a ``logprobs.sampling.ChoiceRules``: the log-probs of tokens ``starts[i]..`` of sequence i are
+        those of the sampling distribution instead (every processor, ``sampling_token_logprobs``; -inf for a
+        token it excludes), as if ``seqs[i][:starts[i]]`` were the prompt and the rest had been sampled.
+    """
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from megatron_align.logprobs import token_logprobs
+    from megatron_align.logprobs.sampling import sampling_token_logprobs
 
     n = len(seqs)
     tokens, lengths = _pad(seqs, pad_id, micro_batch_size)
     b, s = tokens.shape
     tp_group = ps.get_tensor_model_parallel_group()
+    if sampling is not None and (starts is None or len(starts) != n):
+        raise ValueError("sampling log-probs need one start per sequence")
+    start_rows = None if sampling is None else torch.tensor(_round_up(list(starts), micro_batch_size))
 
-    def head(logits, tok, _lengths):  # logits [mbs, S, V/tp]
+    def head(logits, mb):  # logits [mbs, S, V/tp]
+        tok = mb["tokens"]
         lp = token_logprobs(logits[:, :-1].float(), tok[:, 1:], tp_group=tp_group,
                             temperature=temperature)  # [mbs, S-1] of softmax(logits / temperature)
+        full = None
+        if all_probs or sampling is not None:
+            full = gather_from_tensor_model_parallel_region(logits.float())  # [mbs, S, V]
+        if sampling is not None:
+            for r in range(tok.size(0)):
+                lo, hi = int(mb["starts"][r]), int(mb["lengths"][r])
+                if lo < hi:
+                    lp[r, lo - 1:hi - 1] = sampling_token_logprobs(full[r, :hi], tok[r, :hi], lo, sampling)
         if not all_probs:
             return lp, None
-        full = gather_from_tensor_model_parallel_region(logits.float())  # [mbs, S, V]
         return lp, torch.log_softmax(full, dim=-1)[:, :-1, :vocab_size]  # [mbs, S-1, vocab]
 
     outs = _forward_only(model, tokens, lengths, micro_batch_size, head,
-                         lambda _lengths: {"runtime_gather_output": False})
+                         lambda _lengths: {"runtime_gather_output": False}, start_rows)
     last = ps.is_pipeline_last_stage(ignore_virtual=True)
     lp = _from_last_stage(torch.cat([o[0] for o in outs]) if last else None, (b, s - 1))  # [B', S-1]
     full = None
@@ -118,7 +143,7 @@ def rewards_of(model, seqs: list[list[int]], pad_id: int, num_attributes: int,
     n = len(seqs)
     tokens, lengths = _pad(seqs, pad_id, micro_batch_size)
     outs = _forward_only(model, tokens, lengths, micro_batch_size,
-                         lambda rewards, _tok, _lengths: rewards.float(),  # [mbs, A]
+                         lambda rewards, _mb: rewards.float(),  # [mbs, A]
                          lambda lens: {"lengths": lens})
     last = ps.is_pipeline_last_stage(ignore_virtual=True)
     rewards = _from_last_stage(torch.cat(outs) if last else None,

@@ -193,3 +193,54 @@ def test_restore_checks_kind_context_and_ignored_architecture(two_kinds, tmp_pat
     assert heads.returncode == 0, heads.stderr[-3000:]
     warned = [x for x in heads.stderr.splitlines() if "ignored: model.num_attention_heads=3" in x]
     assert len(warned) == 1 and "the architecture comes from" in warned[0], heads.stderr[-3000:]
+
+
+SEED_SIZES = {"trainer.num_nodes": "1", "trainer.devices": "1", "trainer.precision": "32",
+              "model.tensor_model_parallel_size": "1", "model.pipeline_model_parallel_size": "1",
+              "trainer.sft.max_steps": "3", "trainer.sft.val_check_interval": "3",
+              "trainer.sft.save_interval": "3",
+              "trainer.sft.limit_val_batches": "1", "model.data.train_ds.global_batch_size": "4",
+              "model.data.validation_ds.global_batch_size": "4", "model.data.train_ds.max_seq_length": "256",
+              "model.data.validation_ds.max_seq_length": "256", "model.optim.lr": "3e-3"}
+
+
+def test_seed_sft_command_runs_from_its_nemo_aligner_path(sft_data, tmp_path, megatron_single):
+    """The SteerLM seed's attribute-conditioned SFT command (tests/data/seed_sft_command.txt), every key kept,
+    only paths and sizes changed, runs examples/nlp/gpt/train_gpt_sft.py and its loss falls."""
+    import shlex
+
+    import torch
+
+    from megatron_align.models.checkpoint import save_checkpoint
+    from megatron_align.models.gpt import build_gpt_model
+    from megatron_align.tokenizers import load_tokenizer
+    from tests.helpers import tiny_llama
+
+    tok = load_tokenizer("sentencepiece", str(sft_data["tokenizer"]))
+    tok.save(str(tmp_path / "tokdir"))
+    cfg = tiny_llama(vocab_size=tok.vocab_size, max_position_embeddings=256, encoder_seq_length=256,
+                     make_vocab_size_divisible_by=64)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "llama70b", build_gpt_model(cfg), cfg, tokenizer_dir=tmp_path / "tokdir")
+    words = shlex.split((ROOT / "tests" / "data" / "seed_sft_command.txt").read_text().replace("\\\n", " "))
+    assert words[:2] == ["python", "examples/nlp/gpt/train_gpt_sft.py"]
+    argv = []
+    for arg in words[2:]:
+        key, _, value = arg.partition("=")
+        value = SEED_SIZES.get(key, value)
+        if key == "model.restore_from_path":
+            value = str(tmp_path / "llama70b")
+        elif key.endswith(".file_path"):
+            value = str(sft_data["train"])
+        elif key.endswith("index_mapping_dir"):
+            value = str(tmp_path / "index")
+        elif key == "exp_manager.explicit_log_dir":
+            value = str(tmp_path / "results" / "acsft_70b")
+        argv.append(f"{key}={value}")
+    assert len(argv) == 45  # every key of the seed's command is kept
+    proc = run_in_session([sys.executable, str(ROOT / words[1]), *argv])
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rows = _metrics(tmp_path / "results" / "acsft_70b")
+    losses = [r["loss"] for r in rows if "loss" in r and "step" in r]
+    assert len(losses) == 3 and losses[-1] < losses[0], rows
+    assert any("val_loss" in r for r in rows)

@@ -1,9 +1,14 @@
 """The SteerLM 2.0 dataset builder (``examples/nlp/gpt/build_steerlm2_dataset.py``) on tiny random models:
 
 - its records are seed 000's format, readable by the trainer's reader;
-- its three log-probs equal independent recomputations (full logits of each model, float64 log-softmax, by
-  hand; the reward model's predictions through the discretized Gaussian) to 1e-5;
-- killed with SIGKILL after a chunk and restarted, its output equals an uninterrupted run's byte for byte.
+- its three log-probs equal independent recomputations to 1e-5: log Q' from the policy's full logits through
+  the float64 sampling-distribution reference (tests/sampling_reference.py: top-k, top-p, repetition penalty,
+  temperature, padded vocabulary cut), log P(y|x) by a float64 log-softmax, log P(a|x,y) from the reward
+  model's predictions through the discretized Gaussian by hand; responses outside the support are dropped
+  and counted;
+- killed with SIGKILL after a chunk and restarted, its output equals an uninterrupted run's byte for byte;
+- under torchrun, two data-parallel replicas give the single process's bytes, and TP=2 its samples with
+  log-probs within 1e-4.
 """
 
 import dataclasses
@@ -69,8 +74,15 @@ def _full_logps(ckpt, prompt, response, tokenizer):
     return logits, enc
 
 
+PROCESSORS = ["sample.top_k=280", "sample.top_p=0.995", "sample.repetition_penalty=1.3",
+              "sample.min_tokens_to_generate=2"]
+
+
 def test_builder_log_probs_equal_independent_recomputation(models):
+    """With every processor on (a random policy's near-uniform rows make some re-tokenized tokens fall outside
+    top-k / top-p: those responses are dropped and counted, and the reference says -inf for exactly them)."""
     from megatron_align.config.data import ChatPromptTokens
+    from megatron_align.config.sampling import SamplingParams
     from megatron_align.data.nemo_chat import Turn
     from megatron_align.data.reward import RMDataset
     from megatron_align.data.steerlm.records import SYSTEM_PROMPT
@@ -78,34 +90,53 @@ def test_builder_log_probs_equal_independent_recomputation(models):
     from megatron_align.data.steerlm2 import SteerLM2File, SteerLM2Rules, response_text, steerlm2_prompt
     from megatron_align.scoring.reward_model import RewardScorer
     from megatron_align.tokenizers import load_tokenizer_from_dir
+    from tests.sampling_reference import processed_logprob
 
     d = models
     out = d / "built.jsonl"
-    proc = run_in_session([sys.executable, str(BUILD), *_args(d, out)])
+    proc = run_in_session([sys.executable, str(BUILD), *_args(d, out), *PROCESSORS])
     assert proc.returncode == 0, proc.stderr[-5000:]
     recs = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(recs) == 6 and all(len(r["responses"]) == 3 for r in recs)
+    kept = sum(len(r["responses"]) for r in recs)
+    assert f"{kept} responses ({18 - kept} outside" in proc.stdout, proc.stdout
+    assert 0 < kept < 18 and all(1 <= len(r["responses"]) <= 3 for r in recs)
     assert set(recs[0]) == {"system", "prompt_turns", "label", "responses", "provenance"}
-    assert recs[0]["provenance"]["logq"] == "temperature" and recs[2]["provenance"]["chunk"] == 1
+    assert all(r["provenance"]["logq"] == "sampling" for r in recs)
     items = RMDataset([SteerLM2File(out, load_tokenizer_from_dir(d / "tokdir"), SteerLM2Rules(128))])
-    assert len(items[5].sequences) == 3
+    assert len(items) == len(recs)
 
     tok = load_tokenizer_from_dir(d / "tokdir")
     t = ChatPromptTokens()
+    params = SamplingParams(temperature=0.9, top_k=280, top_p=0.995, repetition_penalty=1.3,
+                            min_tokens_to_generate=2)
+    chats = [json.loads(x) for x in (d / "chats.jsonl").read_text().splitlines()]
+    work = d / "built.jsonl.work"
+    samples = json.loads((work / "samples" / "000000.json").read_text())
+    logq = json.loads((work / "logq" / "000000.json").read_text())
+    for i, (value, got) in enumerate(zip(samples, logq, strict=True)):  # chunk 0: every response, kept or not
+        chat = chats[i // 3]
+        turns = [("User", chat["conversations"][0]["value"])]
+        labelled = steerlm2_prompt(chat["system"], turns, "Assistant", chat["conversations"][1]["label"], t)
+        logits, enc = _full_logps(d / "policy", labelled, response_text(value, t), tok)
+        ids = enc.ids.tolist()
+        span = [j for j in range(1, len(ids)) if enc.target_mask[j]]
+        want = sum(processed_logprob(logits[j - 1].tolist(), ids[j], ids[:j], j - span[0], params,
+                                     tok.eos_id, tok.vocab_size) for j in span)
+        assert (got == want == -math.inf) or got == pytest.approx(want, abs=1e-5), i
+        kept_here = [r for r in recs if r["provenance"]["chunk"] == 0 and r["prompt_turns"][0]["value"] ==
+                     turns[0][1]]
+        assert any(r["value"] == value for k in kept_here for r in k["responses"]) == math.isfinite(want)
+
     scorer = RewardScorer(d / "rm", "32")
     for rec in recs[:2]:
         turns = [(x["from"], x["value"]) for x in rec["prompt_turns"]]
-        labelled = steerlm2_prompt(rec["system"], turns, "Assistant", rec["label"], t)
         plain = steerlm2_prompt(rec["system"], turns, "Assistant", None, t)
         for resp in rec["responses"]:
             answer = response_text(resp["value"], t)
-            for ckpt, prompt, temp, key in ((d / "policy", labelled, 0.9, "log(Q(y|a,x))"),
-                                            (d / "sft", plain, 1.0, "log(P(y|x))")):
-                logits, enc = _full_logps(ckpt, prompt, answer, tok)
-                logp = torch.log_softmax(logits / temp, -1)
-                want = sum(float(logp[i - 1, enc.ids[i]]) for i in range(1, len(enc.ids))
-                           if enc.target_mask[i])
-                assert resp[key] == pytest.approx(want, abs=1e-5), key
+            logits, enc = _full_logps(d / "sft", plain, answer, tok)
+            logp = torch.log_softmax(logits, -1)
+            want = sum(float(logp[j - 1, enc.ids[j]]) for j in range(1, len(enc.ids)) if enc.target_mask[j])
+            assert resp["log(P(y|x))"] == pytest.approx(want, abs=1e-5)
             chat = [Turn(r, v) for r, v in turns] + [Turn("Assistant", resp["value"])]
             text = regression_text(SYSTEM_PROMPT, chat, len(turns), t)
             pred = scorer.score([text])[0]
@@ -133,6 +164,31 @@ def test_sigkill_then_restart_gives_the_same_bytes(models):
     assert out.read_bytes() == ref.read_bytes()
     other = run_in_session([sys.executable, str(BUILD), *_args(d, out), "num_responses=2"])
     assert other.returncode == 2 and "holds a build of another config" in other.stderr
+
+
+@pytest.mark.distributed
+def test_data_and_tensor_parallel_builds_follow_the_single_process(models):
+    """torchrun, 2 ranks: two data-parallel replicas write the single process's bytes; TP=2 (one replica)
+    draws the same responses, its log-probs within 1e-4 (float sums in another order)."""
+    from tests.helpers import run_ranks
+
+    d = models
+    ref = d / "ref.jsonl"
+    if not ref.exists():
+        assert run_in_session([sys.executable, str(BUILD), *_args(d, ref)]).returncode == 0
+    dp = d / "dp2.jsonl"
+    proc = run_ranks(BUILD, _args(d, dp))
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert dp.read_bytes() == ref.read_bytes()
+    tp = d / "tp2.jsonl"
+    proc = run_ranks(BUILD, [*_args(d, tp), "tensor_model_parallel_size=2"])
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    for a, b in zip(ref.read_text().splitlines(), tp.read_text().splitlines(), strict=True):
+        a, b = json.loads(a), json.loads(b)
+        assert [r["value"] for r in a["responses"]] == [r["value"] for r in b["responses"]]
+        for ra, rb in zip(a["responses"], b["responses"]):
+            for key in ("log(P(a|x,y))", "log(P(y|x))", "log(Q(y|a,x))"):
+                assert rb[key] == pytest.approx(ra[key], abs=1e-4), key
 
 
 SEED_SIZES = {"trainer.num_nodes": "1", "trainer.devices": "1", "model.tensor_model_parallel_size": "1",

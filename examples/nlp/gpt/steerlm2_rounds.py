@@ -7,33 +7,15 @@
 
 ``build.<key>``: the builder's keys (build_steerlm2_dataset.py --help); ``train.<key>``: any key of
 train_steerlm2.py (its --help). Round r: ``output_dir/round_<r>/{data.jsonl, train/}``; rerunning the command
-skips finished rounds and resumes the unfinished one. One process.
+skips finished rounds and resumes the unfinished one. One process (the builder and the trainer each run
+under torchrun on their own).
 """
 
 import sys
 
-from megatron_align.cli.stage import stage_main
-from megatron_align.config.stages.steerlm import split_overrides
-from megatron_align.config.stages.steerlm2 import TRAIN_PREFIX, RoundsSteerLM2Config
+from megatron_align.cli.steerlm2 import rounds_main
 
-
-def report(cfg: RoundsSteerLM2Config, summaries: list[dict]) -> None:
-    for s in summaries:
-        done = "skipped (done), " if s.get("skipped") else ""
-        print(f"round {s['round']}: {done}checkpoint {s['checkpoint']}")
-
-
-def main(argv: list[str]) -> int:
-    own, train = split_overrides(argv, prefix=TRAIN_PREFIX)
-
-    def run(cfg: RoundsSteerLM2Config) -> list[dict]:
-        from megatron_align.algorithms.steerlm2_rounds import run_rounds
-
-        return run_rounds(cfg, train)
-
-    return stage_main(RoundsSteerLM2Config, None, own, run, report,
-                      help_epilog="train.<key>=value: any key of examples/nlp/gpt/train_steerlm2.py")
-
+main = rounds_main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

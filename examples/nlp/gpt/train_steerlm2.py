@@ -13,14 +13,9 @@ values). Defaults: conf/train_steerlm2.yaml; ``--help`` lists every key. Bad key
 
 import sys
 
-from megatron_align.cli.stage import report_losses, stage_main
-from megatron_align.config.stages.steerlm2 import SteerLM2Config
+from megatron_align.cli.steerlm2 import train_main
 
-
-def main(argv: list[str]) -> int:
-    return stage_main(SteerLM2Config, "train_steerlm2.yaml", argv,
-                      "megatron_align.algorithms.steerlm2:run_steerlm2", report=report_losses("steerlm2"))
-
+main = train_main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -126,29 +126,38 @@ class BuildSteerLM2Config:
     """Precision of the three models (32 | bf16)."""
     on_bad_record: str = "error"
     """error | skip (counted) for a malformed input record."""
+    tensor_model_parallel_size: int = 1
+    """TP of each model replica (NeMo's inference key); the checkpoints are resharded to it."""
+    pipeline_model_parallel_size: int = 1
+    """PP of each model replica; world size / (TP x PP) replicas share the chunks."""
 
     def validate(self, world_size: int) -> None:
         for key in ("input", "output", "policy_checkpoint", "sft_checkpoint", "rm_checkpoint"):
             if not getattr(self, key):
                 raise ConfigError(f"{key} is not set", key=key)
         s = self.sample
-        if s.greedy or s.top_k or (0.0 < s.top_p < 1.0) or s.repetition_penalty != 1.0 or \
-                s.min_tokens_to_generate:
-            raise ConfigError("sample: only temperature sampling is supported (top_k=0, top_p=0, "
-                              "repetition_penalty=1, min_tokens_to_generate=0, greedy=false): the stored "
-                              "log Q'(y|a,x) must be the sampling distribution's, computed teacher-forced",
-                              key="sample")
+        if s.greedy:
+            raise ConfigError("sample.greedy=true: greedy decoding has no sampling density, so log Q'(y|a,x) "
+                              "(the importance weights' proposal) is undefined; sample (temperature, top_k, "
+                              "top_p, repetition_penalty are all taken into account)", key="sample.greedy")
+        try:
+            s.validate()
+        except ValueError as e:
+            raise ConfigError(f"sample.{e}", key="sample") from None
         if s.random_seed is None:
             raise ConfigError("sample.random_seed is not set: the build is reproducible only when seeded",
                               key="sample.random_seed")
-        for key in ("num_responses", "chunk_size", "max_batch_size", "micro_batch_size"):
+        for key in ("num_responses", "chunk_size", "max_batch_size", "micro_batch_size",
+                    "tensor_model_parallel_size", "pipeline_model_parallel_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1", key=key)
         if not self.likelihood_sigma > 0:
             raise ConfigError(f"likelihood_sigma={self.likelihood_sigma} must be > 0", key="likelihood_sigma")
-        if world_size != 1:
-            raise ConfigError("the builder runs in one process (TP=PP=1); start it without torchrun",
-                              key="trainer.devices")
+        per_replica = self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+        if world_size % per_replica:
+            raise ConfigError(f"{world_size} ranks do not split into replicas of tensor_model_parallel_size "
+                              f"x pipeline_model_parallel_size = {per_replica}",
+                              key="tensor_model_parallel_size")
 
 
 TRAIN_PREFIX = "train."
@@ -173,6 +182,10 @@ class RoundsSteerLM2Config:
             raise ConfigError("output_dir is not set", key="output_dir")
         if self.rounds < 1:
             raise ConfigError(f"rounds={self.rounds} must be >= 1", key="rounds")
+        if world_size != 1:
+            raise ConfigError("the rounds script runs in one process; run build_steerlm2_dataset.py and "
+                              "train_steerlm2.py under torchrun on their own for a parallel round",
+                              key="trainer.devices")
         import dataclasses
 
         dataclasses.replace(self.build, output="-").validate(world_size)

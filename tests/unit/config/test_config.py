@@ -528,7 +528,7 @@ def test_demo_precision_auto_is_bf16_only_where_bf16_is_native(monkeypatch, avx5
     assert load_config(DemoConfig, None, ["trainer.precision=bf16"]).trainer.precision == "bf16"
 
 
-@pytest.mark.parametrize("command", ["demo", "convert", "steer", "plot", "version", ""])
+@pytest.mark.parametrize("command", ["demo", "convert", "steer", "steerlm2", "plot", "version", ""])
 def test_every_cli_command_answers_help(command, capsys):
     """Issue 12, section 6: ``megatron-align demo --help`` (and each other sub-command) prints its usage and
     exits 0; ``demo --help`` lists the demo's keys with their defaults."""
@@ -556,3 +556,15 @@ def test_demo_takes_an_optional_stage_name(capsys):
     assert main(["demo", "ppo"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "config error: unknown demo 'ppo'; available: steerlm, dpo, exo, steerlm2"
+
+
+def test_steerlm2_jobs_answer_help_and_refuse_unknown_ones(capsys):
+    """``megatron-align steerlm2 JOB --help`` lists each job's keys; an unknown job is one line."""
+    from megatron_align.cli import main
+
+    for job, key in (("build", "num_responses"), ("train", "forward_micro_batch_size"), ("rounds", "rounds")):
+        assert main(["steerlm2", job, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert f"megatron-align steerlm2 {job}" in out and key in out, out[:500]
+    assert main(["steerlm2", "sample"]) == 2
+    assert "steerlm2 error: unknown job 'sample'" in capsys.readouterr().err

@@ -73,3 +73,35 @@ def test_restore_path_is_required_and_yaml_is_generated():
     assert load_config(SteerLM2Config, CONF, validate=False) == SteerLM2Config()
     body = CONF.read_text().split("\n\n", 1)[1]
     assert body == commented_yaml(SteerLM2Config), "regenerate conf/train_steerlm2.yaml (see its header)"
+
+
+BUILD_KEYS = ["input=in.jsonl", "output=out.jsonl", "policy_checkpoint=p", "sft_checkpoint=s",
+              "rm_checkpoint=r"]
+
+
+@pytest.mark.parametrize("extra, world, needle", [
+    (["sample.greedy=true"], 1, "sample.greedy=true: greedy decoding has no sampling density"),
+    (["sample.top_p=1.5"], 1, "sample.top_p: must be in [0, 1]"),
+    (["sample.random_seed=null"], 1, "sample.random_seed is not set"),
+    (["tensor_model_parallel_size=2"], 3, "3 ranks do not split into replicas"),
+    (["tensor_model_parallel_size=0"], 1, "tensor_model_parallel_size=0 must be >= 1"),
+])
+def test_builder_bad_choices_are_one_line(extra, world, needle):
+    """The builder's sampling and layout keys: greedy (no density), range errors, a world size that does not
+    split into replicas."""
+    from megatron_align.config.stages.steerlm2 import BuildSteerLM2Config
+
+    cfg = load_config(BuildSteerLM2Config, None, [*BUILD_KEYS, *extra], validate=False)
+    with pytest.raises(ConfigError) as e:
+        cfg.validate(world)
+    assert needle in str(e.value)
+
+
+def test_builder_takes_every_processor_and_any_replica_count():
+    from megatron_align.config.stages.steerlm2 import BuildSteerLM2Config
+
+    keys = ["sample.top_k=50", "sample.top_p=0.9", "sample.repetition_penalty=1.2",
+            "sample.min_tokens_to_generate=3", "tensor_model_parallel_size=2",
+            "pipeline_model_parallel_size=2"]
+    cfg = load_config(BuildSteerLM2Config, None, [*BUILD_KEYS, *keys], validate=False)
+    cfg.validate(8)  # two replicas of TP=2 x PP=2
