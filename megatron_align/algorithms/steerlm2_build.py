@@ -9,8 +9,10 @@ next turn marker):
 * log Q'(y|a,x): the policy's teacher-forced log-prob under the distribution the response was drawn from,
   every processor of ``sample.*`` applied (padded vocabulary cut, repetition penalty, min length,
   temperature, top-k, top-p: ``logprobs/sampling.sampling_token_logprobs``; ``provenance.logq`` =
-  ``sampling``). A response with a token outside that support (its re-tokenized text is not what was drawn,
-  or the length limit cut it before its end-of-turn tail) has log Q' = -inf: it is dropped and counted;
+  ``sampling``, ``provenance.logq_processors`` names the processors in effect: none at the defaults, where it
+  is the model's own log-prob). A response with a token outside that support (its re-tokenized text is not
+  what was drawn, or the length limit cut it before its end-of-turn tail) has log Q' = -inf: it is dropped
+  and counted;
 * log P(y|x): the SFT model's teacher-forced log-prob after the prompt without the label line;
 * log P(a|x,y): ``scoring/attribute_likelihood`` of a given the reward model's nine predictions for y
   (rated as the SteerLM annotation rates a response: ``data/steerlm/regression.regression_text``, SteerLM's
@@ -316,6 +318,15 @@ def build_steerlm2(cfg: BuildSteerLM2Config) -> dict:
     return counts
 
 
+def _processors(s) -> list[str]:
+    """The processors that shape log Q' beyond the model's own log-softmax over its real vocabulary (none at
+    the defaults: then log Q' is the model's own log-prob)."""
+    active = {"temperature": s.temperature != 1.0, "top_k": s.top_k > 0, "top_p": 0.0 < s.top_p < 1.0,
+              "repetition_penalty": s.repetition_penalty != 1.0,
+              "min_tokens_to_generate": s.min_tokens_to_generate > 0}
+    return [name for name, on in active.items() if on]
+
+
 def _write_output(cfg: BuildSteerLM2Config, chunks: list, files: dict) -> dict:
     """The records, in input order, written whole; a response whose log Q' is -inf (outside the sampling
     distribution's support) is dropped and counted, a prompt left without responses too."""
@@ -325,6 +336,7 @@ def _write_output(cfg: BuildSteerLM2Config, chunks: list, files: dict) -> dict:
     sampling = dataclasses.asdict(cfg.sample)
     provenance = {"policy": str(cfg.policy_checkpoint), "sft": str(cfg.sft_checkpoint),
                   "rm": str(cfg.rm_checkpoint), "logq": "sampling",
+                  "logq_processors": _processors(cfg.sample),
                   "likelihood": {"kind": "discretized_gaussian", "sigma": cfg.likelihood_sigma}}
     tmp = Path(f"{cfg.output}.tmp{os.getpid()}")
     digest = hashlib.sha256()

@@ -102,6 +102,8 @@ def test_builder_log_probs_equal_independent_recomputation(models):
     assert 0 < kept < 18 and all(1 <= len(r["responses"]) <= 3 for r in recs)
     assert set(recs[0]) == {"system", "prompt_turns", "label", "responses", "provenance"}
     assert all(r["provenance"]["logq"] == "sampling" for r in recs)
+    assert recs[0]["provenance"]["logq_processors"] == ["temperature", "top_k", "top_p", "repetition_penalty",
+                                                        "min_tokens_to_generate"]
     items = RMDataset([SteerLM2File(out, load_tokenizer_from_dir(d / "tokdir"), SteerLM2Rules(128))])
     assert len(items) == len(recs)
 
