@@ -44,6 +44,7 @@ from pathlib import Path
 
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.stages.steerlm2 import BuildSteerLM2Config
+from megatron_align.training.chunks import ChunkDir, ReplicaLayout, kill_after_chunk, open_work_dir
 
 logger = logging.getLogger(__name__)
 
@@ -101,40 +102,6 @@ def _manifest(cfg: BuildSteerLM2Config) -> dict:
             "input": [os.path.abspath(cfg.input), st.st_size, st.st_mtime_ns]}
 
 
-class PhaseDir:
-    """``<work>/<phase>/<chunk>.json``: one file per finished chunk, written whole (temporary file, fsync,
-    rename), so a chunk is there complete or not at all."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.mkdir(parents=True, exist_ok=True)
-
-    def _file(self, c: int) -> Path:
-        return self.path / f"{c:06d}.json"
-
-    def done(self, c: int) -> bool:
-        return self._file(c).is_file()
-
-    def write(self, c: int, value) -> None:
-        tmp = self.path / f".{c:06d}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(value))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._file(c))
-
-    def read(self, c: int):
-        return json.loads(self._file(c).read_text())
-
-
-def _kill_hook(phase: str, chunk: int) -> None:
-    """Test hook: SIGKILL right after chunk ``MEGATRON_ALIGN_TEST_KILL_AFTER_CHUNK`` = ``phase:chunk``."""
-    if os.environ.get("MEGATRON_ALIGN_TEST_KILL_AFTER_CHUNK") == f"{phase}:{chunk}":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _score(model, tokenizer, vocab: int, texts: list[tuple[str, str]], mbs: int, sampling=None) -> list:
     """sum over the response's tokens of log p (teacher-forced, ``prompt + response`` tokenized whole); with
     ``sampling`` (``ChoiceRules``), of the sampling distribution (the response's first token is the first
@@ -154,53 +121,9 @@ def _score(model, tokenizer, vocab: int, texts: list[tuple[str, str]], mbs: int,
     return [float(sum(lp for lp, m in zip(row, mask) if m)) for row, mask in zip(rows, masks)]
 
 
-class _Layout:
-    """This rank's place: its data-parallel replica, whether it writes the replica's chunk files."""
-
-    def __init__(self, cfg: BuildSteerLM2Config):
-        import torch
-        from megatron.core import parallel_state as ps
-
-        from megatron_align.distributed import start
-
-        start(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, seed=cfg.sample.random_seed)
-        self.replica, self.replicas = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
-        self.writer = ps.get_tensor_model_parallel_rank() == 0 and ps.get_pipeline_model_parallel_rank() == 0
-        self.rank0 = torch.distributed.get_rank() == 0
-        self._dist = torch.distributed
-
-    def barrier(self) -> None:
-        self._dist.barrier()
-
-    def any_rank(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is on any."""
-        import torch
-
-        t = torch.tensor([int(flag)])
-        self._dist.all_reduce(t)
-        return bool(t.item())
-
-    def todo(self, phase: PhaseDir, n_chunks: int) -> list[int]:
-        """This replica's chunks that ``phase`` has not written (read by every rank before any writes)."""
-        mine = [c for c in range(self.replica, n_chunks, self.replicas) if not phase.done(c)]
-        self.barrier()
-        return mine
-
-
-def _open_work(cfg: BuildSteerLM2Config, layout: _Layout) -> Path:
-    """``<output>.work/`` with its manifest checked on every rank (the same verdict everywhere)."""
-    work = Path(str(cfg.output) + ".work")
-    manifest = json.loads(json.dumps(_manifest(cfg)))
-    mpath = work / "manifest.json"
-    if mpath.is_file() and json.loads(mpath.read_text()) != manifest:
-        raise ConfigError(f"{work}: holds a build of another config or input; delete it to start over",
-                          key="output")
-    layout.barrier()
-    if layout.rank0:
-        work.mkdir(parents=True, exist_ok=True)
-        mpath.write_text(json.dumps(manifest, indent=1))
-    layout.barrier()
-    return work
+def _open_work(cfg: BuildSteerLM2Config, layout: ReplicaLayout) -> Path:
+    """``<output>.work/`` with its manifest checked on every rank."""
+    return open_work_dir(Path(str(cfg.output) + ".work"), _manifest(cfg), layout, "output")
 
 
 class _Build:
@@ -210,12 +133,14 @@ class _Build:
         from megatron_align.config.data import ChatPromptTokens
         from megatron_align.data.steerlm2 import steerlm2_prompt
 
-        self.cfg, self.layout, self.t = cfg, _Layout(cfg), ChatPromptTokens()
+        self.layout = ReplicaLayout(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size,
+                                    cfg.sample.random_seed)
+        self.cfg, self.t = cfg, ChatPromptTokens()
         self.prompts, self.skipped = read_prompts(cfg)
         size = cfg.chunk_size
         self.chunks = [self.prompts[i:i + size] for i in range(0, len(self.prompts), size)]
         work = _open_work(cfg, self.layout)
-        self.files = {p: PhaseDir(work / p) for p in PHASES}
+        self.files = {p: ChunkDir(work / p) for p in PHASES}
         self.labelled = [[steerlm2_prompt(p["system"], p["turns"], ASSISTANT, p["label"], self.t) for p in c]
                          for c in self.chunks]
 
@@ -225,7 +150,7 @@ class _Build:
     def write(self, phase: str, c: int, value) -> None:
         if self.layout.writer:
             self.files[phase].write(c, value)
-        _kill_hook(phase, c)
+        kill_after_chunk(phase, c)
 
     def pairs(self, c: int, prompt_texts: list) -> list:
         """``(prompt, response text)`` of chunk c's samples; sample i answers prompt_texts[i // n]."""

@@ -31,15 +31,16 @@ class Standardization:
         return [[(r - m) / s for r, m, s in zip(row, self.mean, self.std)] for row in rows]
 
 
-def standardization_of(cfg: Any, num_attributes: int) -> Optional[Standardization]:
-    """From ``model.reward_standardization`` (``enable``, ``mean``, ``std``): a ``Standardization`` when
-    enabled, else None; a one-line error for a wrong shape or a std <= 0."""
+def standardization_of(cfg: Any, num_attributes: int,
+                       prefix: str = "model.reward_standardization") -> Optional[Standardization]:
+    """From ``model.reward_standardization`` (``enable``, ``mean``, ``std``; keys named under ``prefix``): a
+    ``Standardization`` when enabled, else None; a one-line error for a wrong shape or a std <= 0."""
     if not cfg.enable:
         return None
     out = []
     for name in ("mean", "std"):
         value = getattr(cfg, name)
-        key = f"model.reward_standardization.{name}"
+        key = f"{prefix}.{name}"
         if value is None:
             raise ConfigError(f"{key} is not set but reward_standardization.enable=True", key=key)
         values = list(value) if isinstance(value, (list, tuple)) else [value] * num_attributes

@@ -11,10 +11,11 @@ Unknown keys are one-line config errors, as everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from megatron_align.config import ConfigError, TrainerConfig
 from megatron_align.config.sampling import SamplingParams
+from megatron_align.config.stages.reward_model import RewardStandardization
 
 
 @dataclass
@@ -102,18 +103,6 @@ class GPTEvalConfig:
         _check_serving_limits(self, "")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port={self.port} is not a TCP port (1..65535)", key="port")
-
-
-@dataclass
-class RewardStandardization:
-    """``model.reward_standardization.*``: serve ``(reward - mean) / std`` per attribute."""
-
-    enable: bool = False
-    """Standardize the rewards before returning them."""
-    mean: Any = None
-    """One number for every attribute, or a list with one number per attribute."""
-    std: Any = None
-    """One positive number for every attribute, or a list with one per attribute."""
 
 
 @dataclass

@@ -165,7 +165,7 @@ def test_sigkill_then_restart_gives_the_same_bytes(models):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert out.read_bytes() == ref.read_bytes()
     other = run_in_session([sys.executable, str(BUILD), *_args(d, out), "num_responses=2"])
-    assert other.returncode == 2 and "holds a build of another config" in other.stderr
+    assert other.returncode == 2 and "holds the work of another config" in other.stderr
 
 
 @pytest.mark.distributed

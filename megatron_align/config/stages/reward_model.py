@@ -40,6 +40,19 @@ REWARD_MODEL_TYPES = ("binary_ranking", "regression")
 
 
 @dataclass
+class RewardStandardization:
+    """``reward_standardization.*`` (the reward server's ``model.reward_standardization``, the offline
+    labeler's top-level one): ``(reward - mean) / std`` per attribute (``scoring/standardize.py``)."""
+
+    enable: bool = False
+    """Standardize the rewards."""
+    mean: Any = None
+    """One number for every attribute, or a list with one number per attribute."""
+    std: Any = None
+    """One positive number for every attribute, or a list with one per attribute."""
+
+
+@dataclass
 class RMSection(LoopSection):
     """``trainer.rm.*``"""
 

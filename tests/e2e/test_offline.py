@@ -1,0 +1,127 @@
+"""Offline alignment's sampler and labeler (seed 003) on tiny random models:
+
+- the sampler writes ``n`` samples per prompt in prompt order, nothing dropped at the end; SIGKILLed after
+  three different chunks and restarted, its file equals an uninterrupted run's byte for byte and ``_temp`` is
+  gone; two data-parallel ranks (torchrun) write the same file;
+- the labeler scores the samples with the reward model (the rewards equal an independent ``RewardScorer``
+  pass over ``input + output`` + eos), runs the processor, and is resumable the same way.
+"""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import ROOT, run_in_session
+
+SAMPLER = ROOT / "examples" / "nlp" / "gpt" / "offline" / "launch_random_sampler.py"
+LABELER = ROOT / "examples" / "nlp" / "gpt" / "offline" / "launch_reward_labeler.py"
+PROMPTS = [f"User: what is {k} plus {k}? Assistant:" for k in range(7)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, megatron_single):
+    import dataclasses
+
+    from megatron_align.models.checkpoint import save_checkpoint
+    from megatron_align.models.gpt import build_gpt_model
+    from megatron_align.models.reward import build_reward_model
+    from megatron_align.tokenizers import load_tokenizer, train_sentencepiece
+    from tests.helpers import tiny_llama
+
+    d = tmp_path_factory.mktemp("offline")
+    (d / "prompts.jsonl").write_text("".join(json.dumps({"input": p}) + "\n" for p in PROMPTS))
+    tok = load_tokenizer("sentencepiece", str(train_sentencepiece(PROMPTS + ["plus is what"], d / "spm",
+                                                                  vocab_size=300)))
+    tok.save(str(d / "tokdir"))
+    cfg = tiny_llama(vocab_size=tok.vocab_size, max_position_embeddings=128, encoder_seq_length=128,
+                     make_vocab_size_divisible_by=64)
+    torch.manual_seed(1)
+    save_checkpoint(d / "policy", build_gpt_model(cfg), cfg, tokenizer_dir=d / "tokdir")
+    rm_cfg = dataclasses.replace(cfg, num_attributes=1)
+    torch.manual_seed(2)
+    save_checkpoint(d / "rm", build_reward_model(rm_cfg), rm_cfg, tokenizer_dir=d / "tokdir")
+    return d
+
+
+def _sampler_args(d, out):
+    return [f"gpt_model_file={d / 'policy'}", "trainer.precision=32", "data.micro_batch_size=4", "data.n=3",
+            f"data.file_names=[{d / 'prompts.jsonl'}]", "data.max_seq_length=64",
+            "inference.tokens_to_generate=8", "inference.temperature=0.9", f"output_file={out}",
+            "checkpoint_interval=1"]
+
+
+def _labeler_args(d, samples, out, *extra):
+    return [f"gpt_model_file={d / 'rm'}", "trainer.precision=32", "data.micro_batch_size=4",
+            f"data.file_names=[{samples}]", f"output_file={out}", "checkpoint_interval=1", *extra]
+
+
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _resumes_to_the_same_bytes(script, args, ref, out, phase):
+    for chunk in (0, 2, 4):
+        killed = run_in_session([sys.executable, str(script), *args],
+                                {"MEGATRON_ALIGN_TEST_KILL_AFTER_CHUNK": f"{phase}:{chunk}"})
+        assert killed.returncode == -9, killed.stderr[-3000:]
+        assert not out.exists()
+    done = run_in_session([sys.executable, str(script), *args])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.read_bytes() == ref.read_bytes()
+    assert not (out.parent / f"{out.name}_temp").exists()
+
+
+def test_sampler_writes_n_per_prompt_and_resumes_to_the_same_bytes(models):
+    d = models
+    ref = d / "samples.jsonl"
+    proc = run_in_session([sys.executable, str(SAMPLER), *_sampler_args(d, ref)])
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rows = _rows(ref)
+    assert [r["input"] for r in rows] == [p for p in PROMPTS for _ in range(3)]  # 21 rows: 6 batches, last 1
+    assert all(set(r) == {"input", "output"} and isinstance(r["output"], str) for r in rows)
+    assert len({r["output"] for r in rows}) > 15  # sampled, not repeated
+    assert not (d / "samples.jsonl_temp").exists() and "7 prompts x 3 -> 21 samples" in proc.stdout
+    _resumes_to_the_same_bytes(SAMPLER, _sampler_args(d, d / "resumed.jsonl"), ref, d / "resumed.jsonl",
+                               "samples")
+
+
+@pytest.mark.distributed
+def test_two_data_parallel_ranks_write_the_single_process_file(models):
+    from tests.helpers import run_ranks
+
+    d = models
+    ref = d / "samples.jsonl"
+    if not ref.exists():
+        assert run_in_session([sys.executable, str(SAMPLER), *_sampler_args(d, ref)]).returncode == 0
+    out = d / "dp2.jsonl"
+    proc = run_ranks(SAMPLER, [*_sampler_args(d, out), "trainer.devices=2"])
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert out.read_bytes() == ref.read_bytes()
+
+
+def test_labeler_scores_input_plus_output_and_resumes_to_the_same_bytes(models):
+    from megatron_align.scoring.reward_model import RewardScorer
+
+    d = models
+    samples = d / "label_in.jsonl"
+    samples.write_text("".join(json.dumps({"input": p, "output": f" {k} {j}"}) + "\n"
+                               for k, p in enumerate(PROMPTS) for j in range(3)))
+    ref = d / "labelled.jsonl"
+    proc = run_in_session([sys.executable, str(LABELER), *_labeler_args(d, samples, ref, "processor=null")])
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rows = _rows(ref)
+    scorer = RewardScorer(d / "rm", "32", add_eos=True)  # input + output + eos, as NeMo-Aligner's labeler
+    want = [r[0] for r in scorer.score([r["input"] + r["output"] for r in rows])]
+    assert [r["reward"] for r in rows] == pytest.approx(want, abs=1e-5) and len(rows) == 21
+    best = run_in_session([sys.executable, str(LABELER),
+                           *_labeler_args(d, samples, d / "rs.jsonl", "processor=rs")])
+    assert best.returncode == 0, best.stderr[-3000:]
+    rs = _rows(d / "rs.jsonl")
+    assert [r["input"] for r in rs] == PROMPTS
+    for k, r in enumerate(rs):  # the best of each prompt's three (first on ties)
+        group = [x for x in rows if x["input"] == PROMPTS[k]]
+        assert r["output"] == max(group, key=lambda x: x["reward"])["output"] and "reward" not in r
+    args = _labeler_args(d, samples, d / "null_resumed.jsonl", "processor=null")
+    _resumes_to_the_same_bytes(LABELER, args, ref, d / "null_resumed.jsonl", "rewards")
