@@ -48,7 +48,9 @@ def run_sft(cfg: SFTConfig) -> dict:
     tds, vds = m.data.train_ds, m.data.validation_ds
     pp = m.pipeline_model_parallel_size > 1  # pipeline stages exchange fixed [S, B, H] shapes
     pad_id = run.tokenizer.pad_id
-    train_ds, val_ds = build_sft_datasets(m.data, run.tokenizer, answer_only_loss=m.answer_only_loss,
+    data = m.data if not sft.skip_validation else dataclasses.replace(
+        m.data, validation_ds=dataclasses.replace(vds, file_path=None))
+    train_ds, val_ds = build_sft_datasets(data, run.tokenizer, answer_only_loss=m.answer_only_loss,
                                           seed=m.seed)
     dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     sampler = GlobalBatchSampler(len(train_ds), tds.global_batch_size, tds.micro_batch_size, dp_rank, dp,
@@ -77,6 +79,14 @@ def run_sft(cfg: SFTConfig) -> dict:
     summary = train_loop(cfg, run, trainee, stage="sft", loop=sft, max_steps=max_steps,
                          global_batch_size=tds.global_batch_size, step_fn=step_fn,
                          validate=validate if val_batches else None, epoch_of=lambda c: c // len(train_ds))
+    params = cfg.exp_manager.checkpoint_callback_params
+    if run.rank0 and summary.get("last_checkpoint") and params.save_nemo_on_train_end:
+        from pathlib import Path
+
+        from megatron_align.training.checkpointing import write_final_copy
+
+        summary["final"] = str(write_final_copy(Path(summary["last_checkpoint"]),
+                                                f"{cfg.exp_manager.name or cfg.name}.nemo"))
     summary["data_report"] = train_ds.report(logger)  # skipped / dropped / truncated counts per file
     return summary
 

@@ -58,8 +58,10 @@ class OptimConfig:
     """Adam epsilon."""
     momentum: float = 0.0
     """SGD momentum."""
-    sched: OptimSchedConfig = field(default_factory=OptimSchedConfig)
-    """Learning-rate schedule."""
+    sched: OptimSchedConfig = field(default_factory=OptimSchedConfig,
+                                    metadata={"on_delete": lambda: OptimSchedConfig(name="Constant",
+                                                                                    warmup_steps=0)})
+    """Learning-rate schedule; ``~model.optim.sched`` (NeMo: no scheduler) is a constant ``lr``."""
 
 
 @dataclass

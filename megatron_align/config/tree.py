@@ -157,6 +157,15 @@ def schema_of(node: Any) -> type | None:
     return cls if isinstance(cls, type) and dataclasses.is_dataclass(cls) else None
 
 
+def _deleted_value(schema: type | None, name: str) -> Any:
+    """What ``~key`` sets a schema field to when the field declares it (``metadata["on_delete"]``, a
+    factory: e.g. ``~model.optim.sched`` is NeMo's "no scheduler", a constant learning rate), else None."""
+    for f in dataclasses.fields(schema) if schema is not None else ():
+        if f.name == name and "on_delete" in f.metadata:
+            return f.metadata["on_delete"]()
+    return None
+
+
 def _join(prefix: str, key: Any) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
@@ -327,6 +336,8 @@ class ConfigTree:
                 del parent[int(last)]
             elif schema_of(parent) is None:
                 del parent[last]
+            elif (deleted := _deleted_value(schema_of(parent), last)) is not None:
+                parent[last] = OmegaConf.structured(deleted)  # the field says what "absent" means
             else:  # a schema field cannot disappear: it goes back to its default
                 dparent = self.defaults
                 for part in parts[:-1]:

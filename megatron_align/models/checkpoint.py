@@ -180,7 +180,8 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
         return None
     best, best_key = None, None
     for child in run_dir.iterdir():
-        if not child.is_dir() or not is_complete_checkpoint(child):
+        # ``<name>.nemo`` beside the checkpoints is the stage's final copy or link, not a resume point
+        if child.name.endswith(".nemo") or not child.is_dir() or not is_complete_checkpoint(child):
             continue
         meta = json.loads((child / _METADATA).read_text())
         key = (int(meta.get("step", -1)), meta.get("saved_at", 0.0))

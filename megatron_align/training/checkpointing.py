@@ -94,3 +94,31 @@ class CheckpointManager:
         state = load_checkpoint(ckpt, model, optimizer=optimizer if has_optim else None, load_rng=True)
         logger.info("resumed from %s (step %s)", ckpt, state.get("step"))
         return state
+
+
+def write_final_copy(checkpoint: Path, name: str) -> Path:
+    """``<checkpoint's dir>/<name>``: the final checkpoint as a real directory beside it (files hard-linked
+    where the filesystem allows, else copied; written under a temporary name, then renamed). It is what the
+    seeds' scripts expect at ``checkpoints/megatron_gpt_sft.nemo``: a path that survives the seed's loop
+    moving it away and deleting ``checkpoints/*``. Our checkpoint format, not a tarball; never resumed from
+    (``latest_checkpoint`` skips ``*.nemo``)."""
+    import os
+
+    final = checkpoint.parent / name
+    tmp = checkpoint.parent / f".{name}.tmp{os.getpid()}"
+
+    def link_or_copy(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint, tmp, copy_function=link_or_copy)
+    if final.is_symlink() or final.is_file():
+        final.unlink()
+    elif final.is_dir():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    logger.info("final checkpoint: %s", final)
+    return final

@@ -192,9 +192,10 @@ def train_loop(cfg, run: RunStart, trainee: Trainee, *, stage: str, loop: LoopSe
                 train_state = {"step": step, "consumed_samples": consumed, "epoch": epoch_of(consumed),
                                "nonfinite_steps": state["nonfinite_steps"],
                                "consecutive_nonfinite": consecutive_bad}
+                scores = {k: v for k, v in row.items() if isinstance(v, (int, float))}  # any logged metric
                 path = trainee.ckpts.save(step, trainee.model, run.model_cfg, run.tokenizer_dir,
                                           trainee.optimizer, train_state,
-                                          {"val_loss": row.get("val_loss"), "loss": loss})
+                                          {**scores, "step": step, "global_step": step})
                 summary["last_checkpoint"] = str(path)
                 kill_hook(step)
     finally:

@@ -125,3 +125,64 @@ def test_labeler_scores_input_plus_output_and_resumes_to_the_same_bytes(models):
         assert r["output"] == max(group, key=lambda x: x["reward"])["output"] and "reward" not in r
     args = _labeler_args(d, samples, d / "null_resumed.jsonl", "processor=null")
     _resumes_to_the_same_bytes(LABELER, args, ref, d / "null_resumed.jsonl", "rewards")
+
+
+def _seed_commands():
+    import shlex
+
+    text = (ROOT / "tests" / "data" / "seed_offline_commands.txt").read_text()
+    return [shlex.split(block.replace("\\\n", " ")) for block in text.strip().split("\n\n")]
+
+
+def _re_rooted(words, values: dict) -> list[str]:
+    """The command's keys in order, each value replaced where ``values`` names its key (paths, sizes)."""
+    out = []
+    for arg in words[2:]:
+        key, _, value = arg.partition("=")
+        out.append(f"{key}={values.get(key.lstrip('+'), value)}")
+    return out
+
+
+def test_the_seeds_three_commands_run_in_sequence(models, tmp_path):
+    """Seed 003's sampler, labeler (rs) and SFT commands as written (tests/data/seed_offline_commands.txt),
+    only paths and sizes changed: the SFT model lands at RESULT/checkpoints/megatron_gpt_sft.nemo as a real
+    directory, and after the seed loop's move / delete / move a second SFT in the same log dir starts from its
+    restore path instead of resuming."""
+    import shutil
+
+    d = models
+    sample_cmd, label_cmd, sft_cmd = _seed_commands()
+    assert [c[1] for c in (sample_cmd, label_cmd, sft_cmd)] == [
+        "examples/nlp/gpt/offline/launch_random_sampler.py",
+        "examples/nlp/gpt/offline/launch_reward_labeler.py", "examples/nlp/gpt/train_gpt_sft.py"]
+    generated, filtered = tmp_path / "generated_samples.jsonl", tmp_path / "filtered.jsonl"
+    results = tmp_path / "res"
+    sizes = {"trainer.devices": "1", "trainer.precision": "32", "inference.tokens_to_generate": "8",
+             "data.micro_batch_size": "4", "data.max_seq_length": "64", "data.n": "4"}
+    prompts = f"[{d / 'prompts.jsonl'}]"
+    runs = [(sample_cmd, {**sizes, "gpt_model_file": d / "policy", "data.file_names": prompts,
+                          "output_file": generated}),
+            (label_cmd, {**sizes, "gpt_model_file": d / "rm", "data.file_names": f"[{generated}]",
+                         "output_file": filtered, "data.max_seq_length": "128"}),
+            (sft_cmd, {"trainer.devices": "1", "trainer.precision": "32",
+                       "model.restore_from_path": d / "policy", "model.data.train_ds.global_batch_size": "4",
+                       "model.data.train_ds.max_seq_length": "128",
+                       "model.data.train_ds.file_path": filtered, "exp_manager.explicit_log_dir": results,
+                       "trainer.sft.save_interval": "1"})]
+    for words, values in runs:
+        proc = run_in_session([sys.executable, str(ROOT / words[1]), *_re_rooted(words, values)])
+        assert proc.returncode == 0, (words[1], proc.stderr[-5000:])
+    assert len(_rows(generated)) == 28 and [r["input"] for r in _rows(filtered)] == PROMPTS
+    final = results / "checkpoints" / "megatron_gpt_sft.nemo"
+    assert final.is_dir() and not final.is_symlink() and (final / "model_config.yaml").is_file()
+    metrics = [json.loads(x) for x in (results / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics] == [1]  # max_steps=-1: one epoch, 7 rows // 4
+    assert not any("val_loss" in r for r in metrics)
+    shutil.move(final, results / "temp.nemo")  # the seed loop's housekeeping between iterations
+    shutil.rmtree(results / "checkpoints")
+    (results / "checkpoints").mkdir()
+    shutil.move(results / "temp.nemo", final)
+    again = run_in_session([sys.executable, str(ROOT / sft_cmd[1]),
+                            *_re_rooted(sft_cmd, {**runs[2][1], "model.restore_from_path": final})])
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert "resumed from" not in again.stderr and "megatron_gpt_sft.nemo" in again.stderr

@@ -18,6 +18,10 @@ from megatron_align.config.validate import check_batch_sizes
 class SFTSection(LoopSection):
     """``trainer.sft.*``"""
 
+    skip_validation: bool = False
+    """Never validate (NeMo-Aligner's key; the offline methods' SFT step sets it): the validation files may
+    be left out."""
+
 
 @dataclass
 class SFTTrainerConfig(TrainerConfig):

@@ -568,3 +568,22 @@ def test_steerlm2_jobs_answer_help_and_refuse_unknown_ones(capsys):
         assert f"megatron-align steerlm2 {job}" in out and key in out, out[:500]
     assert main(["steerlm2", "sample"]) == 2
     assert "steerlm2 error: unknown job 'sample'" in capsys.readouterr().err
+
+
+def test_deleting_the_lr_schedule_means_a_constant_lr():
+    """``~model.optim.sched`` (the offline seed's loop): NeMo runs without a scheduler, a constant lr; other
+    deleted fields still go back to their schema default."""
+    from megatron_align.config.stages.sft import SFTConfig
+    from megatron_align.training.lr import lr_at
+    from tests.helpers import ROOT
+
+    SFT_YAML = ROOT / "conf" / "gpt_sft.yaml"
+
+    cfg = load_config(SFTConfig, SFT_YAML, ["model.optim.lr=2e-6", "~model.optim.sched"], validate=False)
+    assert cfg.model.optim.sched.name == "Constant" and cfg.model.optim.sched.warmup_steps == 0
+    assert [lr_at(s, cfg.model.optim, 100) for s in (0, 50, 99)] == [2e-6] * 3
+    kept = load_config(SFTConfig, SFT_YAML, ["model.optim.lr=2e-6"], validate=False)
+    assert kept.model.optim.sched.name == "CosineAnnealing"
+    reset = load_config(SFTConfig, SFT_YAML, ["model.optim.weight_decay=0.5", "~model.optim.weight_decay"],
+                        validate=False)
+    assert reset.model.optim.weight_decay == SFTConfig().model.optim.weight_decay
