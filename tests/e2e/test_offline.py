@@ -186,3 +186,32 @@ def test_the_seeds_three_commands_run_in_sequence(models, tmp_path):
                             *_re_rooted(sft_cmd, {**runs[2][1], "model.restore_from_path": final})])
     assert again.returncode == 0, again.stderr[-5000:]
     assert "resumed from" not in again.stderr and "megatron_gpt_sft.nemo" in again.stderr
+
+
+def test_the_seeds_loop_script_runs_two_iterations_and_resumes(models, tmp_path):
+    """examples/nlp/gpt/offline/online_rs.sh (the seed's Online Rejection Sampling loop) with paths and sizes
+    changed: one iteration, then a rerun with TRAINING_ITERS=2 continues at iteration 1 (ITER_LOG_PATH) from
+    the first iteration's model, on the next slice of prompts."""
+    d = models
+    script = ROOT / "examples" / "nlp" / "gpt" / "offline" / "online_rs.sh"
+    res = tmp_path / "sft_results"
+    env = {"PYTHON": sys.executable, "ROLLOUT_BATCH_SIZE": "4", "PROMPTS_PATH": str(d / "prompts.jsonl"),
+           "GENERATE_SAMPLES_PATH": str(tmp_path / "generated.jsonl"),
+           "LABELED_SAMPLES_PATH": str(tmp_path / "filtered.jsonl"), "POLICY_MODEL_PATH": str(d / "policy"),
+           "REWARD_MODEL_PATH": str(d / "rm"), "RESULT_PATH": str(res),
+           "ITER_LOG_PATH": str(tmp_path / "iter.log"), "DEVICES": "1", "PRECISION": "32",
+           "TOKENS_TO_GENERATE": "8", "SAMPLE_MICRO_BATCH_SIZE": "4", "SAMPLE_MAX_SEQ_LENGTH": "64",
+           "NUM_SAMPLES": "2", "LABEL_MICRO_BATCH_SIZE": "4", "MAX_SEQ_LENGTH": "128",
+           "GLOBAL_BATCH_SIZE": "2"}
+    first = run_in_session(["bash", str(script)], {**env, "TRAINING_ITERS": "1"}, timeout=900)
+    assert first.returncode == 0, first.stderr[-5000:]
+    assert (tmp_path / "iter.log").read_text().strip() == "1"
+    final = res / "checkpoints" / "megatron_gpt_sft.nemo"
+    assert final.is_dir() and [p.name for p in (res / "checkpoints").iterdir()] == ["megatron_gpt_sft.nemo"]
+    assert "4 prompts x 2 -> 8 samples" in first.stdout  # iteration 0: prompts 0-3
+    second = run_in_session(["bash", str(script)], {**env, "TRAINING_ITERS": "2"}, timeout=900)
+    assert second.returncode == 0, second.stderr[-5000:]
+    assert (tmp_path / "iter.log").read_text().strip() == "2"
+    assert "3 prompts x 2 -> 6 samples" in second.stdout  # iteration 1: prompts 4-6, the slice's short tail
+    assert str(final) in second.stderr  # the policy of iteration 1 is iteration 0's model
+    assert not list(tmp_path.glob("generated.jsonl*")) and not list(tmp_path.glob("filtered.jsonl*"))
