@@ -60,6 +60,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     model = build_gpt_model(run.model_cfg, precision=cfg.trainer.precision)
     trainee = build_trainee(cfg, run, model, sft,
                             partial(load_checkpoint, m.restore_from_path) if m.restore_from_path else None)
+    if m.restore_from_path and int(trainee.state["step"]) == 0:
+        logger.info("SFT starts from %s", m.restore_from_path)
     val_len = vds.max_seq_length if (vds.pad_to_max_length or pp) else None
     val_batches = validation_microbatches(val_ds, sft.limit_val_batches, vds, dp_rank, dp, pad_id, val_len,
                                           partial(collate_sft, pad_to_multiple_of=vds.pad_seq_length_to_mult))

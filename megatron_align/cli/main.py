@@ -10,6 +10,7 @@
                                                 train_rm, inference_rm, train_exo, pref_to_rw)
     megatron-align steerlm2 build|train|rounds [key=value ...]
                                                 SteerLM 2.0: build records, train, or k rounds of both
+    megatron-align offline-loop [key=value ...]  the offline RS / ReST loop (sample, label, SFT), resumable
     megatron-align plot RUN_DIR                 PNG curves of a run's logged metrics (RUN_DIR/plots/)
     megatron-align steer --prompt TEXT [--values quality:4,humor:0,...] --url URL | --checkpoint DIR
                                                 a SteerLM model's answer, steered by attribute values
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_align.cli.exo import exo_main
 
         return exo_main(rest)
+    if cmd == "offline-loop":
+        from megatron_align.cli.offline import loop_main
+
+        return loop_main(rest)
     if cmd == "steerlm2":
         from megatron_align.cli.steerlm2 import steerlm2_main
 

@@ -9,6 +9,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +216,38 @@ def test_the_seeds_loop_script_runs_two_iterations_and_resumes(models, tmp_path)
     assert "3 prompts x 2 -> 6 samples" in second.stdout  # iteration 1: prompts 4-6, the slice's short tail
     assert str(final) in second.stderr  # the policy of iteration 1 is iteration 0's model
     assert not list(tmp_path.glob("generated.jsonl*")) and not list(tmp_path.glob("filtered.jsonl*"))
+
+
+def test_offline_loop_command_resumes_at_the_step_that_died(models, tmp_path):
+    """``megatron-align offline-loop``: one iteration of sample -> rs -> SFT, then the command with 2
+    iterations SIGKILLed in iteration 1's labeler; the rerun keeps iteration 0 and iteration 1's samples and
+    finishes; a last run skips both."""
+    from megatron_align.algorithms.offline.loop import DONE
+
+    d = models
+    out = tmp_path / "loop"
+    cli = str(Path(sys.executable).parent / "megatron-align")
+    args = ["offline-loop", f"output_dir={out}", "iterations=2",
+            "rollout_batch_size=4", f"sampler.gpt_model_file={d / 'policy'}", "sampler.trainer.precision=32",
+            f"sampler.data.file_names=[{d / 'prompts.jsonl'}]", "sampler.data.n=2",
+            "sampler.data.micro_batch_size=4", "sampler.inference.tokens_to_generate=8",
+            "sampler.data.max_seq_length=64", f"labeler.gpt_model_file={d / 'rm'}",
+            "labeler.trainer.precision=32", "labeler.data.micro_batch_size=2",
+            "sft.trainer.precision=32", "sft.model.data.train_ds.global_batch_size=2",
+            "sft.model.data.train_ds.micro_batch_size=1", "sft.model.data.train_ds.max_seq_length=128",
+            "sft.exp_manager.create_tensorboard_logger=False"]
+    one = run_in_session([cli, *args, "iterations=1"])
+    assert one.returncode == 0, one.stderr[-5000:]
+    killed = run_in_session([cli, *args], {"MEGATRON_ALIGN_TEST_KILL_AFTER_CHUNK": "rewards:1"})
+    assert killed.returncode == -9, killed.stderr[-5000:]
+    assert (out / "iter_0" / "sft" / DONE).is_file() and not (out / "iter_1" / "sft").exists()
+    generated = (out / "iter_1" / "generated.jsonl").read_bytes()
+    rerun = run_in_session([cli, *args])
+    assert rerun.returncode == 0, rerun.stderr[-5000:]
+    assert rerun.stdout.count("skipped (done)") == 1 and "iteration 1: model" in rerun.stdout
+    assert (out / "iter_1" / "generated.jsonl").read_bytes() == generated  # not sampled again
+    first = json.loads((out / "iter_0" / "sft" / DONE).read_text())["checkpoint"]
+    assert first.endswith("megatron_gpt_sft.nemo") and f"SFT starts from {first}" in rerun.stderr
+    assert len(_rows(out / "iter_1" / "filtered.jsonl")) == 3  # rs: one per prompt of slice 1 (prompts 4-6)
+    again = run_in_session([cli, *args])
+    assert again.returncode == 0 and again.stdout.count("skipped (done)") == 2, again.stdout

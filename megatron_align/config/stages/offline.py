@@ -239,3 +239,50 @@ def check_reward_template(template: str) -> None:
     if unknown:
         raise ConfigError(f"{key}={template!r}: unknown field(s) {unknown}; use {{input}} and {{reward}}",
                           key=key)
+
+
+SFT_PREFIX = "sft."
+"""Command-line keys of the offline loop that go to each iteration's SFT run (without the prefix)."""
+
+
+def _loop_labeler() -> RewardLabelerConfig:
+    return RewardLabelerConfig(processor="rs")
+
+
+@dataclass
+class OfflineLoopConfig:
+    """``megatron-align offline-loop``: the seed's Online Rejection Sampling / ReST loop as one resumable
+    command: ``iterations`` x (sample the next ``rollout_batch_size`` prompts with the current policy ->
+    label and filter -> SFT from the current policy)."""
+
+    output_dir: Optional[str] = None
+    """Iteration i goes to ``output_dir/iter_<i>/``: ``generated.jsonl``, ``filtered.jsonl``, ``sft/``."""
+    iterations: int = 2
+    """Iterations (the seed's ``TRAINING_ITERS``)."""
+    rollout_batch_size: int = 2048
+    """Prompts per iteration (the seed's ``ROLLOUT_BATCH_SIZE``): iteration i samples slice i."""
+    sampler: RandomSamplerConfig = field(default_factory=RandomSamplerConfig)
+    """The sampler's keys; ``sampler.gpt_model_file`` is iteration 0's policy (later ones: the previous
+    iteration's SFT model), ``output_file`` and the split are set per iteration, and iteration i samples with
+    ``inference.random_seed + 1000 * i``."""
+    labeler: RewardLabelerConfig = field(default_factory=_loop_labeler)
+    """The labeler's keys (``labeler.gpt_model_file``: the reward model; ``processor`` rs or rest)."""
+
+    def validate(self, world_size: int) -> None:
+        if not self.output_dir:
+            raise ConfigError("output_dir is not set", key="output_dir")
+        for key in ("iterations", "rollout_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1", key=key)
+        if world_size != 1:
+            raise ConfigError("the offline loop runs in one process; run the three stages under torchrun on "
+                              "their own (examples/nlp/gpt/offline/online_rs.sh) for a parallel loop",
+                              key="trainer.devices")
+        import dataclasses
+
+        dataclasses.replace(self.sampler, output_file="-").validate(world_size)
+        data = dataclasses.replace(self.labeler.data, file_names=["-"], concat_sampling_probabilities=None)
+        dataclasses.replace(self.labeler, output_file="-", data=data).validate(world_size)
+        if self.labeler.processor_name() not in ("rs", "rest"):
+            raise ConfigError(f"labeler.processor={self.labeler.processor!r}: the loop filters (rs | rest)",
+                              key="labeler.processor")
