@@ -60,7 +60,9 @@ def test_cadences_consumed_samples_and_summary(tmp_path):
     step, state, metrics = trainee.ckpts.saved[-1]
     assert state == {"step": 7, "consumed_samples": 28, "epoch": 3, "nonfinite_steps": 0,
                      "consecutive_nonfinite": 0}
-    assert metrics == {"val_loss": pytest.approx(0.7), "loss": 7.0}
+    # checkpoints are ranked by any logged metric (monitor=val_loss, loss, global_step, ...)
+    assert metrics["val_loss"] == pytest.approx(0.7) and metrics["loss"] == 7.0
+    assert metrics["global_step"] == metrics["step"] == 7 and metrics["consumed_samples"] == 28
     assert summary["losses"] == {s: float(s) for s in range(1, 8)}
     assert summary["val"] == {3: {"val_loss": pytest.approx(0.3)}, 6: {"val_loss": pytest.approx(0.6)},
                               7: {"val_loss": pytest.approx(0.7)}}
