@@ -159,3 +159,27 @@ def is_loopback(address: str) -> bool:
     ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
     mapped = getattr(ip, "ipv4_mapped", None)
     return (mapped or ip).is_loopback
+
+
+def seed_command(name: str) -> list[list[str]]:
+    """The commands of ``tests/data/<name>`` (a seed document's commands, verbatim, blank-line separated),
+    each split into words as the shell would."""
+    import shlex
+
+    text = (ROOT / "tests" / "data" / name).read_text()
+    return [shlex.split(block.replace("\\\n", " ")) for block in text.strip().split("\n\n")]
+
+
+def re_rooted(words: list[str], values: dict, by_suffix: dict | None = None) -> list[str]:
+    """A seed command's ``key=value`` arguments in order, every key kept: a key of ``values`` (``++`` prefix
+    ignored) or ending with a suffix of ``by_suffix`` takes that value instead (paths and sizes)."""
+    out = []
+    for arg in words[2:]:
+        key, _, value = arg.partition("=")
+        bare = key.lstrip("+")
+        if bare in values:
+            value = values[bare]
+        else:
+            value = next((v for s, v in (by_suffix or {}).items() if bare.endswith(s)), value)
+        out.append(f"{key}={value}")
+    return out

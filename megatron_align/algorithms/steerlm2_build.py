@@ -44,7 +44,7 @@ from pathlib import Path
 
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.stages.steerlm2 import BuildSteerLM2Config
-from megatron_align.training.chunks import ChunkDir, ReplicaLayout, kill_after_chunk, open_work_dir
+from megatron_align.training.chunks import ChunkDir, ReplicaLayout, open_work_dir
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +148,7 @@ class _Build:
         return self.layout.todo(self.files[phase], len(self.chunks))
 
     def write(self, phase: str, c: int, value) -> None:
-        if self.layout.writer:
-            self.files[phase].write(c, value)
-        kill_after_chunk(phase, c)
+        self.layout.save(self.files[phase], phase, c, value)
 
     def pairs(self, c: int, prompt_texts: list) -> list:
         """``(prompt, response text)`` of chunk c's samples; sample i answers prompt_texts[i // n]."""

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
-import os
 from pathlib import Path
 
 from megatron_align.config.stages.steerlm2 import RoundsSteerLM2Config
@@ -43,7 +41,8 @@ def run_rounds(cfg: RoundsSteerLM2Config, train_overrides: list[str]) -> list[di
     """Every round (module docstring); one summary per round."""
     from megatron_align.algorithms.steerlm2 import run_steerlm2
     from megatron_align.algorithms.steerlm2_build import build_steerlm2
-    from megatron_align.models.checkpoint import is_complete_checkpoint, latest_checkpoint
+    from megatron_align.models.checkpoint import latest_checkpoint
+    from megatron_align.training.chunks import read_done, write_done
 
     # the training keys checked before anything runs (a typo fails now, not after round 1's sampling)
     train_config(round_dir(cfg, 1) / "data.jsonl", cfg.build.policy_checkpoint, round_dir(cfg, 1) / "train",
@@ -53,8 +52,8 @@ def run_rounds(cfg: RoundsSteerLM2Config, train_overrides: list[str]) -> list[di
         d = round_dir(cfg, r)
         done = d / "train" / DONE
         summary: dict = {"round": r, "policy": policy}
-        if done.is_file() and is_complete_checkpoint(json.loads(done.read_text())["checkpoint"]):
-            policy = json.loads(done.read_text())["checkpoint"]
+        if (finished := read_done(done)) is not None:
+            policy = finished["checkpoint"]
             summaries.append({**summary, "checkpoint": policy, "skipped": True})
             continue
         d.mkdir(parents=True, exist_ok=True)
@@ -68,9 +67,7 @@ def run_rounds(cfg: RoundsSteerLM2Config, train_overrides: list[str]) -> list[di
         final = result.get("last_checkpoint") or latest_checkpoint(d / "train" / "checkpoints")
         if final is None:
             raise RuntimeError(f"round {r}: training saved no checkpoint")
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"checkpoint": str(final), "steps": result.get("steps")}))
-        os.replace(tmp, done)
+        write_done(done, checkpoint=str(final), steps=result.get("steps"))
         policy = str(final)
         summaries.append({**summary, "checkpoint": policy, "losses": result.get("losses")})
         logger.info("SteerLM 2.0 round %d: checkpoint %s", r, policy)

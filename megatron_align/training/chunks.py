@@ -6,6 +6,8 @@
 - ``ReplicaLayout``: megatron's groups for TP x PP model replicas; chunk c belongs to replica c mod DP, the
   first rank of each replica writes its chunks, global rank 0 the final output; ``barrier`` / ``any_rank``
   keep the ranks in step (a model is loaded by all ranks or none).
+- ``read_done`` / ``write_done``: an iteration's done marker (``done.json`` naming its final checkpoint), for
+  the loops of rounds (SteerLM 2.0 rounds, the offline loop) that skip finished iterations.
 - ``open_work_dir``: the work directory with a manifest of what it holds (config, inputs); another run's
   directory is refused with one line, on every rank alike.
 - ``kill_after_chunk``: the test hook ``MEGATRON_ALIGN_TEST_KILL_AFTER_CHUNK=phase:chunk`` (SIGKILL right
@@ -82,6 +84,12 @@ class ReplicaLayout:
         self._dist.all_reduce(t)
         return bool(t.item())
 
+    def save(self, chunks: ChunkDir, phase: str, c: int, value) -> None:
+        """Chunk ``c`` of ``phase`` is finished: the replica's first rank writes it (then the test hook)."""
+        if self.writer:
+            chunks.write(c, value)
+        kill_after_chunk(phase, c)
+
     def mine(self, n_chunks: int) -> list[int]:
         """This replica's chunks."""
         return list(range(self.replica, n_chunks, self.replicas))
@@ -107,3 +115,23 @@ def open_work_dir(work: Path, manifest: dict, layout: ReplicaLayout, key: str) -
         mpath.write_text(json.dumps(manifest, indent=1))
     layout.barrier()
     return work
+
+
+def read_done(path: Path):
+    """The done marker at ``path`` (a dict with ``checkpoint``) when it names a complete checkpoint; else
+    None."""
+    from megatron_align.models.checkpoint import is_complete_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    return done if is_complete_checkpoint(done["checkpoint"]) else None
+
+
+def write_done(path: Path, **fields) -> None:
+    """Write the done marker (``checkpoint=...``, and whatever else) whole: temporary file, then rename."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fields))
+    os.replace(tmp, path)

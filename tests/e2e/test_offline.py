@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, run_in_session
+from tests.helpers import ROOT, re_rooted, run_in_session, seed_command
 
 SAMPLER = ROOT / "examples" / "nlp" / "gpt" / "offline" / "launch_random_sampler.py"
 LABELER = ROOT / "examples" / "nlp" / "gpt" / "offline" / "launch_reward_labeler.py"
@@ -128,22 +128,6 @@ def test_labeler_scores_input_plus_output_and_resumes_to_the_same_bytes(models):
     _resumes_to_the_same_bytes(LABELER, args, ref, d / "null_resumed.jsonl", "rewards")
 
 
-def _seed_commands():
-    import shlex
-
-    text = (ROOT / "tests" / "data" / "seed_offline_commands.txt").read_text()
-    return [shlex.split(block.replace("\\\n", " ")) for block in text.strip().split("\n\n")]
-
-
-def _re_rooted(words, values: dict) -> list[str]:
-    """The command's keys in order, each value replaced where ``values`` names its key (paths, sizes)."""
-    out = []
-    for arg in words[2:]:
-        key, _, value = arg.partition("=")
-        out.append(f"{key}={values.get(key.lstrip('+'), value)}")
-    return out
-
-
 def test_the_seeds_three_commands_run_in_sequence(models, tmp_path):
     """Seed 003's sampler, labeler (rs) and SFT commands as written (tests/data/seed_offline_commands.txt),
     only paths and sizes changed: the SFT model lands at RESULT/checkpoints/megatron_gpt_sft.nemo as a real
@@ -152,7 +136,7 @@ def test_the_seeds_three_commands_run_in_sequence(models, tmp_path):
     import shutil
 
     d = models
-    sample_cmd, label_cmd, sft_cmd = _seed_commands()
+    sample_cmd, label_cmd, sft_cmd = seed_command("seed_offline_commands.txt")
     assert [c[1] for c in (sample_cmd, label_cmd, sft_cmd)] == [
         "examples/nlp/gpt/offline/launch_random_sampler.py",
         "examples/nlp/gpt/offline/launch_reward_labeler.py", "examples/nlp/gpt/train_gpt_sft.py"]
@@ -171,7 +155,7 @@ def test_the_seeds_three_commands_run_in_sequence(models, tmp_path):
                        "model.data.train_ds.file_path": filtered, "exp_manager.explicit_log_dir": results,
                        "trainer.sft.save_interval": "1"})]
     for words, values in runs:
-        proc = run_in_session([sys.executable, str(ROOT / words[1]), *_re_rooted(words, values)])
+        proc = run_in_session([sys.executable, str(ROOT / words[1]), *re_rooted(words, values)])
         assert proc.returncode == 0, (words[1], proc.stderr[-5000:])
     assert len(_rows(generated)) == 28 and [r["input"] for r in _rows(filtered)] == PROMPTS
     final = results / "checkpoints" / "megatron_gpt_sft.nemo"
@@ -184,7 +168,7 @@ def test_the_seeds_three_commands_run_in_sequence(models, tmp_path):
     (results / "checkpoints").mkdir()
     shutil.move(results / "temp.nemo", final)
     again = run_in_session([sys.executable, str(ROOT / sft_cmd[1]),
-                            *_re_rooted(sft_cmd, {**runs[2][1], "model.restore_from_path": final})])
+                            *re_rooted(sft_cmd, {**runs[2][1], "model.restore_from_path": final})])
     assert again.returncode == 0, again.stderr[-5000:]
     assert "resumed from" not in again.stderr and "megatron_gpt_sft.nemo" in again.stderr
 

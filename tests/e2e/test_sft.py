@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from megatron_align.tokenizers import train_sentencepiece
-from tests.helpers import ROOT, run_in_session, run_ranks
+from tests.helpers import ROOT, re_rooted, run_in_session, run_ranks, seed_command
 
 SFT = ROOT / "examples" / "nlp" / "gpt" / "train_gpt_sft.py"
 FIXTURE = ROOT / "tests" / "data" / "dummy-sft.jsonl"
@@ -207,8 +207,6 @@ SEED_SIZES = {"trainer.num_nodes": "1", "trainer.devices": "1", "trainer.precisi
 def test_seed_sft_command_runs_from_its_nemo_aligner_path(sft_data, tmp_path, megatron_single):
     """The SteerLM seed's attribute-conditioned SFT command (tests/data/seed_sft_command.txt), every key kept,
     only paths and sizes changed, runs examples/nlp/gpt/train_gpt_sft.py and its loss falls."""
-    import shlex
-
     import torch
 
     from megatron_align.models.checkpoint import save_checkpoint
@@ -222,21 +220,11 @@ def test_seed_sft_command_runs_from_its_nemo_aligner_path(sft_data, tmp_path, me
                      make_vocab_size_divisible_by=64)
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "llama70b", build_gpt_model(cfg), cfg, tokenizer_dir=tmp_path / "tokdir")
-    words = shlex.split((ROOT / "tests" / "data" / "seed_sft_command.txt").read_text().replace("\\\n", " "))
+    words = seed_command("seed_sft_command.txt")[0]
     assert words[:2] == ["python", "examples/nlp/gpt/train_gpt_sft.py"]
-    argv = []
-    for arg in words[2:]:
-        key, _, value = arg.partition("=")
-        value = SEED_SIZES.get(key, value)
-        if key == "model.restore_from_path":
-            value = str(tmp_path / "llama70b")
-        elif key.endswith(".file_path"):
-            value = str(sft_data["train"])
-        elif key.endswith("index_mapping_dir"):
-            value = str(tmp_path / "index")
-        elif key == "exp_manager.explicit_log_dir":
-            value = str(tmp_path / "results" / "acsft_70b")
-        argv.append(f"{key}={value}")
+    argv = re_rooted(words, {**SEED_SIZES, "model.restore_from_path": tmp_path / "llama70b",
+                             "exp_manager.explicit_log_dir": tmp_path / "results" / "acsft_70b"},
+                     {".file_path": sft_data["train"], "index_mapping_dir": tmp_path / "index"})
     assert len(argv) == 45  # every key of the seed's command is kept
     proc = run_in_session([sys.executable, str(ROOT / words[1]), *argv])
     assert proc.returncode == 0, proc.stderr[-5000:]

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import ROOT, run_in_session
+from tests.helpers import ROOT, re_rooted, run_in_session, seed_command
 
 BUILD = ROOT / "examples" / "nlp" / "gpt" / "build_steerlm2_dataset.py"
 NAMES = ["quality", "toxicity", "humor", "creativity", "helpfulness", "correctness", "coherence",
@@ -204,27 +204,14 @@ SEED_SIZES = {"trainer.num_nodes": "1", "trainer.devices": "1", "model.tensor_mo
 def test_seed_training_command_runs_on_built_records(models):
     """Seed 000's train_steerlm2.py command, as written (tests/data/seed_steerlm2_command.txt), with only
     paths and sizes changed, on the builder's records."""
-    import shlex
-
     d = models
     built = d / "seed_data.jsonl"
     assert run_in_session([sys.executable, str(BUILD), *_args(d, built)]).returncode == 0
-    seed = (ROOT / "tests" / "data" / "seed_steerlm2_command.txt").read_text()
-    words = shlex.split(seed.replace("\\\n", " "))
+    words = seed_command("seed_steerlm2_command.txt")[0]
     assert words[:2] == ["python", "examples/nlp/gpt/train_steerlm2.py"]
-    argv = []
-    for arg in words[2:]:
-        key, _, value = arg.partition("=")
-        value = SEED_SIZES.get(key, value)
-        if key == "model.restore_from_path":
-            value = str(d / "policy")
-        elif key.endswith(".file_path"):
-            value = str(built)
-        elif key.endswith("index_mapping_dir"):
-            value = str(d / "index")
-        elif key == "exp_manager.explicit_log_dir":
-            value = str(d / "results" / "acsft_70b")
-        argv.append(f"{key}={value}")
+    argv = re_rooted(words, {**SEED_SIZES, "model.restore_from_path": d / "policy",
+                             "exp_manager.explicit_log_dir": d / "results" / "acsft_70b"},
+                     {".file_path": built, "index_mapping_dir": d / "index"})
     assert len(argv) == 47  # every key of the seed's command is kept
     proc = run_in_session([sys.executable, str(ROOT / words[1]), *argv])
     assert proc.returncode == 0, proc.stderr[-5000:]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.stages.offline import RewardLabelerConfig
-from megatron_align.training.chunks import ChunkDir, ReplicaLayout, kill_after_chunk, open_work_dir
+from megatron_align.training.chunks import ChunkDir, ReplicaLayout, open_work_dir
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +100,8 @@ def run_reward_labeler(cfg: RewardLabelerConfig) -> dict:
         for c in todo:
             part = samples[c * per_chunk:(c + 1) * per_chunk]
             rows = scorer.score([r.fields[d.input_key] + r.fields[d.output_key] for r in part])
-            if layout.writer:
-                chunks.write(c, rows)
             logger.info("chunk %d/%d scored (%d samples)", c + 1, n_chunks, len(part))
-            kill_after_chunk("rewards", c)
+            layout.save(chunks, "rewards", c, rows)
         del scorer
         gc.collect()
     layout.barrier()

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
-import os
 from pathlib import Path
 
 from megatron_align.config.stages.offline import OfflineLoopConfig
@@ -44,6 +42,7 @@ def run_offline_loop(cfg: OfflineLoopConfig, sft_overrides: list[str]) -> list[d
     from megatron_align.algorithms.offline.sampler import run_random_sampler
     from megatron_align.algorithms.sft import run_sft
     from megatron_align.models.checkpoint import is_complete_checkpoint
+    from megatron_align.training.chunks import read_done, write_done
 
     root = Path(cfg.output_dir)
     sft_config(root / "iter_0" / "filtered.jsonl", cfg.sampler.gpt_model_file, root / "iter_0" / "sft",
@@ -53,8 +52,8 @@ def run_offline_loop(cfg: OfflineLoopConfig, sft_overrides: list[str]) -> list[d
         d = root / f"iter_{i}"
         done = d / "sft" / DONE
         summary: dict = {"iteration": i, "policy": policy}
-        if done.is_file() and is_complete_checkpoint(json.loads(done.read_text())["checkpoint"]):
-            policy = json.loads(done.read_text())["checkpoint"]
+        if (finished := read_done(done)) is not None:
+            policy = finished["checkpoint"]
             summaries.append({**summary, "checkpoint": policy, "skipped": True})
             continue
         d.mkdir(parents=True, exist_ok=True)
@@ -78,9 +77,7 @@ def run_offline_loop(cfg: OfflineLoopConfig, sft_overrides: list[str]) -> list[d
         if not is_complete_checkpoint(final):
             raise RuntimeError(f"iteration {i}: SFT left no final model at {final} "
                                "(keep exp_manager.checkpoint_callback_params.save_nemo_on_train_end=True)")
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"checkpoint": final, "steps": result.get("steps")}))
-        os.replace(tmp, done)
+        write_done(done, checkpoint=final, steps=result.get("steps"))
         policy = final
         summaries.append({**summary, "checkpoint": policy})
         logger.info("offline loop, iteration %d: model %s", i, policy)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from megatron_align.config.errors import ConfigError
 from megatron_align.config.stages.offline import RandomSamplerConfig
-from megatron_align.training.chunks import ChunkDir, ReplicaLayout, kill_after_chunk, open_work_dir
+from megatron_align.training.chunks import ChunkDir, ReplicaLayout, open_work_dir
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +108,8 @@ def run_random_sampler(cfg: RandomSamplerConfig) -> dict:
         try:
             for c in todo:
                 done = _sample_chunk(backend, cfg, prompts, rows, c)
-                if layout.writer:
-                    chunks.write(c, done)
                 logger.info("chunk %d/%d sampled (%d rows)", c + 1, n_chunks, len(done))
-                kill_after_chunk("samples", c)
+                layout.save(chunks, "samples", c, done)
         finally:
             backend.close()
         del model, backend
